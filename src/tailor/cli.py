@@ -1,0 +1,70 @@
+"""The `tailor` command: a map from command name to the module that runs it.
+
+Each command module has `add_arguments(parser)` and `run(args) -> int`, and imports torch and
+friends only inside `run`, so `tailor --help` is instant. User mistakes arrive as TailorError
+and are printed as one message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+from tailor import __version__
+from tailor.errors import TailorError
+
+COMMANDS = {
+    "generate": ("tailor.commands.generate", "Answer one prompt with a model (streamed)."),
+    "chat": ("tailor.commands.chat", "Chat with a model interactively (or one turn per stdin line)."),
+    "data": ("tailor.commands.data", "Check a dataset, or show an example with its training mask."),
+    "train": ("tailor.commands.train", "Fine-tune a model (LoRA or full)."),
+    "merge": ("tailor.commands.merge", "Fold a LoRA adapter into its base model."),
+    "serve": ("tailor.commands.serve", "Serve models behind an OpenAI-compatible HTTP API."),
+}
+
+
+def _available():
+    for name, (module, help_) in COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            yield name, module, help_
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(prog="tailor", description="Fine-tune a base LLM and serve it.")
+    parser.add_argument("--version", action="version", version=f"tailor {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = {}
+    for name, module_name, help_ in _available():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_, description=help_)
+        module.add_arguments(p)
+        modules[name] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Quiet the libraries' own chatter; tailor says what matters itself.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return modules[args.command].run(args) or 0
+    except TailorError as exc:
+        print(f"tailor {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

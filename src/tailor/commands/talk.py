@@ -1,0 +1,44 @@
+"""What `tailor generate` and `tailor chat` share: their config and how they load a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TalkConfig:
+    model: str = "default"
+    """Model: a folder, a .gguf file, a hub id, a LoRA adapter folder, or 'default' (SmolLM2-135M-Instruct)."""
+    system: str | None = None
+    """System prompt: changes behaviour without changing weights."""
+    max_new_tokens: int = 256
+    """Most tokens to generate per reply."""
+    temperature: float = 0.7
+    """Sampling temperature; 0 is greedy and deterministic."""
+    top_p: float = 0.95
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches this."""
+    seed: int | None = None
+    """Random seed for sampling (same seed, same answer)."""
+    dtype: str = "auto"
+    """auto (bf16 where the hardware is fast at it), float32 or bfloat16."""
+    chat_template: str | None = None
+    """For a model without a chat template: chatml (default), llama3, alpaca, or a .jinja file."""
+
+
+def load_for_talk(cfg: TalkConfig):
+    from transformers.utils import logging as hf_logging
+
+    from tailor import models
+    from tailor.data.templates import ensure_chat_template
+
+    hf_logging.disable_progress_bar()
+    model, tokenizer = models.load(cfg.model, dtype=cfg.dtype)
+    warning = ensure_chat_template(tokenizer, cfg.chat_template)
+    return model, tokenizer, warning
+
+
+def sampling(cfg: TalkConfig):
+    from tailor.infer.sampling import SamplingParams
+
+    return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                          top_p=cfg.top_p, seed=cfg.seed)

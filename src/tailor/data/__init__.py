@@ -1,0 +1,1 @@
+"""Datasets: read and validate JSONL files, render conversations into (input_ids, labels)."""
