@@ -1,0 +1,118 @@
+"""`tailor data check FILE` (validate, summarise) and `tailor data show FILE` (one example with
+its training mask)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tailor.errors import UsageError
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    check = sub.add_parser("check", help="Validate a JSONL dataset and summarise it (exit 1 on errors).",
+                           description="Validate a JSONL dataset: every problem with its line and field, then a "
+                                       "summary. With --model also token counts. Exit 0: no errors; 1: errors; "
+                                       "2: usage mistake.")
+    check.add_argument("file", help="The JSONL file (OpenAI chat, prompt/completion, Alpaca or ShareGPT).")
+    check.add_argument("--model", default=None,
+                       help="Model whose tokenizer and chat template count the tokens (a folder, .gguf, hub id, "
+                            "'default').")
+    _common(check)
+    check.add_argument("--json", action="store_true", help="Print one JSON object instead of text.")
+    show = sub.add_parser("show", help="Print one example as the model sees it, trained tokens highlighted.",
+                          description="Print one example rendered with the model's chat template; the tokens "
+                                      "trained on are green (or in [[ ]] when not a terminal).")
+    show.add_argument("file", help="The JSONL file.")
+    show.add_argument("--model", default="default", help="Model whose tokenizer and chat template render it.")
+    which = show.add_mutually_exclusive_group()
+    which.add_argument("--index", type=int, default=0, help="Which example, 0-based (default: 0).")
+    which.add_argument("--line", type=int, default=None, help="Or: the example on this line of the file.")
+    show.add_argument("--chat-template", default=None,
+                      help="For a model without a chat template: chatml (default), llama3, alpaca, or a .jinja file.")
+    show.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                      help="Colour the trained tokens (auto: when writing to a terminal).")
+
+
+def _common(parser) -> None:
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="Longest example in tokens; longer ones are reported (and dropped when training).")
+    parser.add_argument("--truncate", action="store_true",
+                        help="Report over-long examples as cut from the end instead of dropped.")
+    parser.add_argument("--chat-template", default=None,
+                        help="For a model without a chat template: chatml (default), llama3, alpaca, or a .jinja file.")
+    parser.add_argument("--no-cache", dest="cache", action="store_false",
+                        help="Re-render even if a cached rendering of this file exists.")
+
+
+def run(args) -> int:
+    if getattr(args, "action", None) == "check":
+        return check(args)
+    if getattr(args, "action", None) == "show":
+        return show(args)
+    raise UsageError("say what to do: tailor data check FILE | tailor data show FILE (see tailor data --help)")
+
+
+def _file(path: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{path}: no such file" + (" (it is a folder)" if p.is_dir() else "") + ".")
+    return p
+
+
+def _tokenizer(ref):
+    from transformers.utils import logging as hf_logging
+
+    from tailor import models
+
+    hf_logging.disable_progress_bar()
+    return models.load_tokenizer(ref)
+
+
+def check(args) -> int:
+    from tailor.data import report
+    from tailor.data.dataset import analyse
+
+    path = _file(args.file)
+    if args.max_length is not None and args.max_length < 1:
+        raise UsageError(f"--max-length must be a positive number of tokens, not {args.max_length}.")
+    tokenizer = _tokenizer(args.model) if args.model else None
+    analysis = analyse(path, tokenizer, chat_template=args.chat_template, use_cache=args.cache)
+    report.add_length_warning(analysis.problems, analysis, args.max_length, args.truncate)
+    summary = report.summary(analysis, args.max_length, args.truncate, args.model)
+    print(report.to_json(summary) if args.json else report.format_summary(summary))
+    return 1 if summary["errors"] else 0
+
+
+def show(args) -> int:
+    from tailor.data import formats, report
+    from tailor.data.render import Renderer, RenderError
+    from tailor.data.templates import ensure_chat_template
+    from tailor.errors import TailorError
+
+    parsed = formats.read(_file(args.file))
+    convs = parsed.conversations
+    if args.line is not None:
+        picked = [c for c in convs if c.line == args.line]
+        if not picked:
+            raise UsageError(f"line {args.line} holds no valid example (the file has {parsed.lines} lines; "
+                             f"run `tailor data check {args.file}` for its problems).")
+        conv = picked[0]
+    else:
+        if not -len(convs) <= args.index < len(convs):
+            raise UsageError(f"--index {args.index} is out of range: the file has {len(convs)} valid example(s).")
+        conv = convs[args.index]
+    tokenizer = _tokenizer(args.model)
+    warning = ensure_chat_template(tokenizer, args.chat_template)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    if parsed.problems.error_count:
+        print(f"note: {args.file} has {parsed.problems.error_count} error(s); run `tailor data check` to list them",
+              file=sys.stderr)
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    try:
+        print(report.show(Renderer(tokenizer), conv, color))
+    except RenderError as exc:
+        raise TailorError(f"line {conv.line}: the chat template refused this conversation: {exc}") from exc
+    return 0
