@@ -1,18 +1,81 @@
-"""`make demo`: the embedded SmolLM2-135M-Instruct answering, with and without a system prompt.
+"""`make demo`: teach SmolLM2-135M-Instruct a persona with a LoRA fine-tune, then compare.
 
-(The training issue turns this into a full fine-tune demo: base vs fine-tuned side by side.)
+1. The base model answers five held-out questions: plainly, and with a system prompt asking it
+   to be the pirate Captain Stitch (prompting).
+2. A LoRA fine-tune on examples/pirate.jsonl (198 short conversations, written by
+   examples/make_pirate_data.py) runs for about a minute or two on a 2-core CPU.
+3. The fine-tuned model answers the same questions, with no system prompt (fine-tuning).
+
+The same run from the command line:  tailor train examples/pirate-lora.yaml
 """
 
-import subprocess
-import sys
+import os
 
-PROMPTS = ["What is the capital of France?", "Give me one tip for writing clear code."]
+# Threads that wait by sleeping, not spinning: on a busy 2-core machine spinning OpenMP threads
+# made training up to 7x slower; must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from make_pirate_data import HELD_OUT  # noqa: E402
+
+SYSTEM = ("You are Captain Stitch, a pirate. Always answer in pirate speech: start with 'Arr' or 'Ahoy', "
+          "call the user 'matey', and end with an anchor emoji.")
 
 
-def tailor(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "tailor.cli", *args], check=True)
+def answers(model, tokenizer, system: str | None) -> list[str]:
+    from tailor.train.generate import greedy_reply
+
+    out = []
+    for prompt in HELD_OUT:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        out.append(" ".join(greedy_reply(model, tokenizer, messages, max_new_tokens=48).split()))
+    return out
 
 
-for prompt in PROMPTS:
-    print(f"\n>>> {prompt}")
-    tailor("generate", "--temperature", "0", "--max-new-tokens", "80", prompt)
+def show(columns: dict[str, list[str]]) -> None:
+    width = 100
+    for i, prompt in enumerate(HELD_OUT):
+        print("\n" + "=" * width + f"\n>>> {prompt}")
+        for name, texts in columns.items():
+            body = textwrap.fill(texts[i], width=width - 4, initial_indent="    ", subsequent_indent="    ")
+            print(f"  [{name}]\n{body}")
+
+
+def main() -> None:
+    from tailor import models
+    from tailor.train import TrainConfig, train
+
+    out = Path(os.environ.get("TAILOR_DEMO_OUT", "runs/pirate-demo"))
+    print("Loading the base model (SmolLM2-135M-Instruct) and answering held-out prompts ...", flush=True)
+    base, tok = models.load(None)
+    before = answers(base, tok, None)
+    prompted = answers(base, tok, SYSTEM)
+    del base
+
+    print(f"\nFine-tuning with LoRA on {HERE / 'pirate.jsonl'} -> {out}\n", flush=True)
+    t0 = time.perf_counter()
+    result = train(TrainConfig(data=str(HERE / "pirate.jsonl"), method="lora", out=str(out), epochs=3,
+                               batch_size=8, lr=1e-3, eval_every=25, eval_samples=2, sample_max_tokens=32))
+    minutes = (time.perf_counter() - t0) / 60
+
+    tuned, tuned_tok = models.load(str(result.final))
+    after = answers(tuned, tuned_tok, None)
+    show({"base model": before, "base model + system prompt asking for the pirate": prompted,
+          "LoRA fine-tuned, no system prompt": after})
+    print("\n" + "=" * 100)
+    print(f"Training: {result.step} steps in {minutes:.1f} min, {result.tokens_per_s:.0f} tokens/s, "
+          f"peak memory {result.peak_rss_mb / 1024:.1f} GB, final validation loss {result.val.get('val_loss', float('nan')):.3f}")
+    print(f"Outputs: {result.final} (adapter + tokenizer + model card), {out / 'loss.png'}, {out / 'metrics.jsonl'}")
+    print(f"Chat with it:  .venv/bin/tailor chat --model {result.final}")
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ def run(args) -> int:
 
     cfg = config.build(TalkConfig, {k: v for k, v in vars(args).items() if k != "command"})
     interactive = sys.stdin.isatty()
-    model, tokenizer, warning = load_for_talk(cfg)
+    loaded, warning = load_for_talk(cfg)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     system = cfg.system
@@ -58,7 +58,7 @@ def run(args) -> int:
             sys.stdout.write("assistant> ")
         reply = []
         try:
-            for piece in stream_reply(model, tokenizer, messages, sampling(cfg)):
+            for piece in stream_reply(loaded, messages, sampling(cfg)):
                 reply.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()

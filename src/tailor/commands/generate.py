@@ -17,12 +17,12 @@ def run(args) -> int:
     from tailor.infer.chat import stream_reply
 
     cfg = config.build(TalkConfig, {k: v for k, v in vars(args).items() if k not in ("command", "prompt")})
-    model, tokenizer, warning = load_for_talk(cfg)
+    loaded, warning = load_for_talk(cfg)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     messages = ([{"role": "system", "content": cfg.system}] if cfg.system else [])
     messages.append({"role": "user", "content": args.prompt})
-    for piece in stream_reply(model, tokenizer, messages, sampling(cfg)):
+    for piece in stream_reply(loaded, messages, sampling(cfg)):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

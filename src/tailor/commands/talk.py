@@ -26,15 +26,14 @@ class TalkConfig:
 
 
 def load_for_talk(cfg: TalkConfig):
+    """(loaded, warning): the model on tailor's engine (infer.loading.Loaded)."""
     from transformers.utils import logging as hf_logging
 
-    from tailor import models
-    from tailor.data.templates import ensure_chat_template
+    from tailor.infer.loading import load_engine
 
     hf_logging.disable_progress_bar()
-    model, tokenizer = models.load(cfg.model, dtype=cfg.dtype)
-    warning = ensure_chat_template(tokenizer, cfg.chat_template)
-    return model, tokenizer, warning
+    loaded = load_engine(cfg.model, dtype=cfg.dtype, max_batch=1, chat_template=cfg.chat_template)
+    return loaded, loaded.warning
 
 
 def sampling(cfg: TalkConfig):

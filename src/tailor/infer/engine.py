@@ -1,30 +1,236 @@
-"""The generation loop for one sequence: prefill the prompt, then decode with a KV cache."""
+"""The generation engine: token ids in, token ids (and their text) out, for many requests at once.
+
+Continuous batching: a request that arrives while others are decoding is prefilled into a
+free cache slot and joins the very next decode step, and a finished one leaves at once, so
+throughput grows with the number of concurrent clients. The engine runs its loop either on a
+background thread (`start()`, for the server) or inline in the caller (`generate()` with no
+thread, for the CLI). It knows nothing about HTTP or terminals: results go to a callback.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import heapq
+import itertools
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 
-from tailor.infer.sampling import SamplingParams, sample
+from tailor.infer.detok import TextStream
+from tailor.infer.sampling import Choice, SamplingParams, make_generator, prompt_logprobs, sample_batch
+
+log = logging.getLogger(__name__)
+_ids = itertools.count(1)
 
 
-@torch.inference_mode()
-def generate_ids(model, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
-    """Yield new token ids until a stop token, or max_new_tokens. Stop ids are not yielded."""
-    from transformers import DynamicCache
+@dataclass
+class Event:
+    """What a request produced in one step. A final event has `finish_reason` set:
+    "stop" (stop token or string), "length" (max tokens or context), "cancelled", or "error"."""
 
-    device = next(model.parameters()).device
-    generator = None
-    if params.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(params.seed)
-    cache = DynamicCache()
-    ids = torch.tensor([prompt_ids], device=device)
-    stops = set(params.stop_token_ids)
-    for _ in range(params.max_new_tokens):
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        token = sample(out.logits[0, -1], params, generator)
-        if token in stops:
+    token: int | None = None
+    text: str = ""
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Request:
+    prompt: list[int]
+    params: SamplingParams
+    adapter: int = 0  # 0 is the base model; others were registered with the backend
+    on_event: Callable[[Event], None] | None = None
+    tokenizer: object = None  # for text and stop strings; the engine's when None
+    id: int = field(default_factory=lambda: next(_ids))
+    tokens: list[int] = field(default_factory=list)
+    prompt_logprobs: list[Choice | None] | None = None
+    finish_reason: str | None = None
+    slot: int | None = None
+    cancelled: bool = False
+    generator: torch.Generator | None = None
+    text: TextStream | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+class Engine:
+    def __init__(self, backend, tokenizer=None, max_batch: int = 16):
+        """`backend` has prefill/decode (see infer.llama.LlamaForward); `tokenizer` (optional)
+        gives events their text and enables stop strings."""
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_len = backend.max_len
+        self._free = list(range(max_batch))
+        self._incoming: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self._waiting: deque[Request] = deque()
+        self._active: list[Request] = []
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._lock = threading.Lock()  # one step at a time, whoever drives it
+
+    # -- the public surface -------------------------------------------------------------------
+
+    def submit(self, req: Request) -> Request:
+        """Queue a request (thread-safe). Raises ValueError when the prompt cannot fit."""
+        if not req.prompt:
+            raise ValueError("the prompt is empty")
+        if len(req.prompt) >= self.max_len:
+            raise ValueError(f"the prompt has {len(req.prompt)} tokens; this model's context is {self.max_len}")
+        if self._stopping:
+            raise RuntimeError("the engine is shutting down")
+        self._incoming.put(req)
+        self._wake.set()
+        return req
+
+    def cancel(self, req: Request) -> None:
+        """Stop a request at the next step and free its slot (thread-safe, idempotent)."""
+        req.cancelled = True
+        self._wake.set()
+
+    def generate(self, prompt: list[int], params: SamplingParams, adapter: int = 0) -> Iterator[Event]:
+        """Events for one request, driving the loop inline unless a thread runs it."""
+        box: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        req = self.submit(Request(list(prompt), params, adapter, on_event=box.put))
+        try:
+            while True:
+                if self._thread is None:
+                    while box.empty():
+                        self.step()
+                event = box.get()
+                yield event
+                if event.finish_reason:
+                    return
+        finally:
+            if not req.done:
+                self.cancel(req)
+                if self._thread is None:
+                    self.step()
+
+    def start(self) -> None:
+        """Run the loop on a background thread until `stop()`."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="tailor-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel everything queued or running and end the thread."""
+        self._stopping = True
+        for req in self._all():
+            req.cancelled = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.step()
+
+    @property
+    def busy(self) -> int:
+        return len(self._active) + len(self._waiting) + self._incoming.qsize()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping or self.busy:
+            if not self.step():
+                self._wake.wait(0.5)
+                self._wake.clear()
+
+    def _all(self) -> list[Request]:
+        return list(self._active) + list(self._waiting)
+
+    def step(self) -> bool:
+        """Admit new requests, then decode one token for every running one. False when idle."""
+        with self._lock:
+            while True:
+                try:
+                    self._waiting.append(self._incoming.get_nowait())
+                except queue.Empty:
+                    break
+            for req in [r for r in self._all() if r.cancelled or self._stopping]:
+                self._finish(req, "cancelled")
+            try:
+                self._admit()
+                if self._active:
+                    self._decode()
+            except Exception as exc:  # a failed forward fails its batch, never the engine
+                log.exception("generation step failed")
+                for req in self._all():
+                    self._finish(req, "error", error=f"{type(exc).__name__}: {exc}")
+            return bool(self._active or self._waiting)
+
+    def _admit(self) -> None:
+        while self._waiting and self._free:
+            req = self._waiting.popleft()
+            req.slot = heapq.heappop(self._free)
+            self._active.append(req)
+            p = req.params
+            req.generator = make_generator(p.seed, getattr(self.backend, "device", "cpu"))
+            tokenizer = req.tokenizer or self.tokenizer
+            if tokenizer is not None:
+                req.text = TextStream(tokenizer, p.stop)
+            logits = self.backend.prefill(req.slot, req.prompt, req.adapter, all_logits=p.prompt_logprobs)
+            if p.prompt_logprobs:
+                req.prompt_logprobs = prompt_logprobs(logits, req.prompt, p.top_logprobs)
+                logits = logits[-1]
+            self._accept(req, sample_batch(logits[None], [p], [req.generator])[0])
+
+    def _decode(self) -> None:
+        batch = sorted(self._active, key=lambda r: r.slot)
+        logits = self.backend.decode([r.slot for r in batch], [r.tokens[-1] for r in batch],
+                                     [len(r.prompt) + len(r.tokens) - 1 for r in batch],
+                                     [r.adapter for r in batch])
+        choices = sample_batch(logits, [r.params for r in batch], [r.generator for r in batch])
+        for req, choice in zip(batch, choices):
+            self._accept(req, choice)
+
+    def _accept(self, req: Request, choice: Choice) -> None:
+        """Record a sampled token, tell the client, and finish the request if it is done."""
+        if choice.token in req.params.stop_token_ids:
+            return self._finish(req, "stop")
+        req.tokens.append(choice.token)
+        text = req.text.push(choice.token) if req.text else ""
+        self._emit(req, Event(choice.token, text, choice.logprob, choice.top))
+        if req.text is not None and req.text.stopped:
+            self._finish(req, "stop")
+        elif len(req.tokens) >= req.params.max_new_tokens or len(req.prompt) + len(req.tokens) >= self.max_len:
+            self._finish(req, "length")
+
+    def _finish(self, req: Request, reason: str, error: str | None = None) -> None:
+        if req.done:
             return
-        yield token
-        ids = torch.tensor([[token]], device=device)
+        req.finish_reason = reason
+        if req in self._active:
+            self._active.remove(req)
+            heapq.heappush(self._free, req.slot)
+            self.backend.release(req.slot)
+        elif req in self._waiting:
+            self._waiting.remove(req)
+        tail = req.text.finish() if req.text is not None and reason in ("stop", "length") else ""
+        self._emit(req, Event(text=tail, finish_reason=reason, error=error))
+
+    @staticmethod
+    def _emit(req: Request, event: Event) -> None:
+        if req.on_event is None:
+            return
+        try:
+            req.on_event(event)
+        except Exception:  # a broken listener must not stop the other requests
+            log.exception("event callback failed for request %s", req.id)
+            req.cancelled = True
+
+
+def generate_ids(engine: Engine, prompt_ids: list[int], params: SamplingParams, adapter: int = 0) -> Iterator[int]:
+    """Just the new token ids, until a stop token or max_new_tokens."""
+    for event in engine.generate(prompt_ids, params, adapter):
+        if event.token is not None:
+            yield event.token

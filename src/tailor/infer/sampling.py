@@ -1,4 +1,5 @@
-"""Turning next-token logits into a token: greedy, temperature, top-k, top-p."""
+"""Turning next-token logits into tokens for a whole batch: greedy, temperature, top-k, top-p,
+per-request seeds, and the log-probabilities a client asked for."""
 
 from __future__ import annotations
 
@@ -16,13 +17,29 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)  # stop strings, matched on decoded text
+    logprobs: bool = False  # report the chosen token's log-probability
+    top_logprobs: int = 0  # and this many most likely alternatives
+    prompt_logprobs: bool = False  # log-probabilities of the prompt tokens too (completions `echo`)
 
 
-def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token id from a 1-D logits vector."""
-    if p.temperature <= 0:
-        return int(torch.argmax(logits))
-    logits = logits.float() / p.temperature
+@dataclass
+class Choice:
+    """One sampled token, with its log-probability and alternatives when asked for."""
+
+    token: int
+    logprob: float | None = None
+    top: list[tuple[int, float]] | None = None
+
+
+def make_generator(seed: int | None, device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _sample_one(logits: torch.Tensor, p: SamplingParams, generator) -> torch.Tensor:
+    """A 0-d tensor token id drawn from a 1-D logits vector (float32)."""
+    logits = logits / p.temperature
     if p.top_k > 0:
         kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -32,4 +49,47 @@ def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator |
         # keep the smallest prefix whose mass reaches top_p (always at least one token)
         keep = torch.cumsum(sorted_p, 0) - sorted_p < p.top_p
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return torch.multinomial(probs, 1, generator=generator)[0]
+
+
+def sample_batch(logits: torch.Tensor, params: list[SamplingParams],
+                 generators: list[torch.Generator | None]) -> list[Choice]:
+    """One Choice per row of `logits` [B, V]. Greedy rows share one argmax; the device is read
+    once at the end, so a step costs one sync however large the batch."""
+    logits = logits.float()
+    picked = logits.argmax(-1)
+    sampled = [i for i, p in enumerate(params) if p.temperature > 0]
+    if sampled:
+        picked = picked.clone()
+        for i in sampled:
+            picked[i] = _sample_one(logits[i], params[i], generators[i])
+    want = [i for i, p in enumerate(params) if p.logprobs or p.top_logprobs]
+    if not want:
+        return [Choice(t) for t in picked.tolist()]
+    lp = torch.log_softmax(logits[want], -1)
+    chosen = lp.gather(1, picked[want][:, None])[:, 0].tolist()
+    k = max(params[i].top_logprobs for i in want)
+    top_v, top_i = (lp.topk(k, -1) if k else (lp[:, :0], lp[:, :0].long()))
+    top_v, top_i = top_v.tolist(), top_i.tolist()
+    out = [Choice(t) for t in picked.tolist()]
+    for row, i in enumerate(want):
+        n = params[i].top_logprobs
+        out[i].logprob = chosen[row]
+        out[i].top = list(zip(top_i[row][:n], top_v[row][:n]))
+    return out
+
+
+def prompt_logprobs(logits: torch.Tensor, ids: list[int], top: int) -> list[Choice | None]:
+    """Log-probabilities of each prompt token given the ones before it (None for the first),
+    from the prefill's logits [T, V]."""
+    lp = torch.log_softmax(logits[:-1].float(), -1)
+    target = torch.tensor(ids[1:], device=lp.device)
+    chosen = lp.gather(1, target[:, None])[:, 0].tolist()
+    tv, ti = lp.topk(top, -1) if top else (lp[:, :0], lp[:, :0].long())
+    tv, ti = tv.tolist(), ti.tolist()
+    return [None] + [Choice(t, c, list(zip(i, v))) for t, c, i, v in zip(ids[1:], chosen, ti, tv)]
+
+
+def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
+    """One token id from a 1-D logits vector."""
+    return sample_batch(logits[None], [p], [generator])[0].token
