@@ -50,7 +50,14 @@ def show(columns: dict[str, list[str]]) -> None:
 
 
 def main() -> None:
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
     from tailor import models
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not ours
     from tailor.train import TrainConfig, train
 
     out = Path(os.environ.get("TAILOR_DEMO_OUT", "runs/pirate-demo"))

@@ -1,0 +1,34 @@
+"""`tailor train [CONFIG.yaml] --data train.jsonl ...`: fine-tune a model (LoRA or full).
+
+The YAML file and the flags map onto one TrainConfig; flags win. `--resume OUT_DIR` continues
+the run saved there (its saved config, with any flags given now on top)."""
+
+from __future__ import annotations
+
+from tailor import config
+
+
+def add_arguments(parser) -> None:
+    from tailor.train.config import TrainConfig
+
+    parser.add_argument("config_file", nargs="?", metavar="CONFIG.yaml",
+                        help="A YAML file of config keys (see examples/*.yaml); flags override it.")
+    parser.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
+    config.add_arguments(parser, TrainConfig)
+
+
+def run(args) -> int:
+    from tailor.train import TrainConfig, resume_config, train
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config_file", "quiet")}
+    file_values = config.read_yaml(args.config_file) if args.config_file else {}
+    if flags.get("resume") or file_values.get("resume"):
+        out = flags.pop("resume", None) or file_values.pop("resume")
+        cfg = resume_config(out, **{**file_values, **flags})
+    else:
+        cfg = config.build(TrainConfig, file_values, flags)
+    result = train(cfg, quiet=args.quiet)
+    if result.interrupted:
+        return 130
+    print(result.final)
+    return 0

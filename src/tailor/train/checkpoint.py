@@ -1,0 +1,82 @@
+"""Step-numbered checkpoints that a crash never leaves half-written, and exact resume.
+
+A checkpoint folder `checkpoint-000040/` holds the weights as a loadable folder (a PEFT adapter
+for LoRA, a Hugging Face model for full fine-tuning) with the tokenizer, `state.pt` (optimizer,
+scheduler, every RNG state) and `meta.json` (step, epoch, position in the epoch's order, tokens
+seen, the full config, the loss history). It is written under a temporary name and renamed, so
+any folder named checkpoint-* with a meta.json is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PREFIX = "checkpoint-"
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(out_dir: Path, *, model, tokenizer, optimizer, scheduler, meta: dict, keep: int) -> Path:
+    """Write checkpoint-{step:06d} atomically, then drop all but the newest `keep`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{PREFIX}{meta['step']:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir))
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_state()}, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        if target.exists():  # a re-save of the same step (e.g. the final one after an interrupt)
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in complete(out_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def complete(out_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not out_dir.is_dir():
+        return []
+    found = [p for p in out_dir.glob(f"{PREFIX}*") if p.is_dir() and (p / "meta.json").is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest(out_dir: Path) -> Path | None:
+    found = complete(out_dir)
+    return found[-1] if found else None
+
+
+def read_meta(ckpt: Path) -> dict:
+    return json.loads((ckpt / "meta.json").read_text())
+
+
+def load_state(ckpt: Path, optimizer, scheduler) -> None:
+    """Restore optimizer, scheduler and RNGs (the weights are loaded with the model)."""
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])

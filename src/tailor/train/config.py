@@ -1,0 +1,139 @@
+"""The one training config: every knob of `tailor train`, for the YAML file, the flags and the
+Python API alike. Fields left at None get a per-method default in `resolve`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from tailor.errors import UsageError
+
+# What each method gets when the user does not say (LoRA trains few weights, so it takes a
+# learning rate about 10x higher than full fine-tuning).
+METHOD_DEFAULTS = {"lora": {"lr": 2e-4}, "full": {"lr": 2e-5}}
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None
+    """Training data: a JSONL file of conversations (see `tailor data check`)."""
+    val: str | None = None
+    """Validation data (JSONL). Without it a small split of --data is held out (see --val-split)."""
+    model: str = "default"
+    """Base model: a folder, a .gguf file, a hub id, or 'default' (SmolLM2-135M-Instruct)."""
+    method: Literal["lora", "full"] = "lora"
+    """lora trains small adapter matrices (fast, small output); full trains every weight."""
+    out: str = "runs/latest"
+    """Output folder: checkpoints, metrics.jsonl, loss.png and final/."""
+    resume: str | None = None
+    """Continue the run in this output folder from its newest complete checkpoint."""
+
+    epochs: float = 3.0
+    """Passes over the training data (ignored when --max-steps is given)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides --epochs)."""
+    batch_size: int = 8
+    """Examples per micro-batch (ignored when --batch-tokens is given)."""
+    batch_tokens: int | None = None
+    """Tokens per micro-batch instead of a fixed example count (evens out step cost)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; the loss is averaged over all their trained tokens."""
+    max_length: int = 1024
+    """Longest example in tokens; longer ones are dropped (or cut with --truncate). Also the row length when packing."""
+    truncate: bool = False
+    """Cut examples longer than --max-length instead of dropping them."""
+    batching: Literal["group", "pack"] = "group"
+    """group: batch examples of similar length, no cross-example masks (fastest on CPU); pack: concatenate examples into rows of --max-length with a block-diagonal causal mask."""
+    chat_template: str | None = None
+    """For a base model without a chat template: chatml (default), llama3, alpaca, or a .jinja file."""
+
+    lr: float | None = None
+    """Peak learning rate (default: 2e-4 for lora, 2e-5 for full)."""
+    warmup: float = 0.05
+    """Warm-up: a fraction of all steps when below 1, else a number of steps."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after warm-up."""
+    min_lr_ratio: float = 0.0
+    """The lr that cosine/linear decay ends at, as a fraction of the peak."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (not applied to norms and biases)."""
+    max_grad_norm: float = 1.0
+    """Clip the gradient norm to this (0 turns clipping off)."""
+    seed: int = 42
+    """Seed for initialisation, data order and dropout: same seed, same losses."""
+
+    lora_r: int = 16
+    """LoRA rank (adapter size; 8-64 is typical)."""
+    lora_alpha: float = 32
+    """LoRA scale numerator (the update is scaled by alpha/r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input (0.05-0.1 can help on tiny datasets; costs ~25% speed and ~0.7 GB on SmolLM2)."""
+    lora_targets: str = "all-linear"
+    """Layers that get adapters: all-linear, or comma-separated module names (q_proj,v_proj)."""
+    dora: bool = False
+    """Weight-decomposed LoRA (DoRA): often a little better, slower per step."""
+    rslora: bool = False
+    """Rank-stabilised LoRA: scale by alpha/sqrt(r) instead of alpha/r."""
+    qlora: bool = False
+    """Load the frozen base in 4-bit (CUDA with bitsandbytes only)."""
+
+    log_every: int = 1
+    """Log a metrics line every this many steps."""
+    eval_every: int | None = None
+    """Evaluate every this many steps (default: about 4 times per run), and always at the end."""
+    eval_samples: int = 3
+    """Validation prompts answered (greedy) at each evaluation, shown beside their references."""
+    sample_max_tokens: int = 64
+    """Most tokens generated per evaluation sample."""
+    val_split: float = 0.05
+    """Without --val: the fraction of --data held out for validation (at most --val-max examples)."""
+    val_max: int = 100
+    """The most examples held out for validation when there is no --val."""
+    save_every: int | None = None
+    """Save a checkpoint every this many steps (default: with each evaluation), and always at the end."""
+    keep_checkpoints: int = 2
+    """Keep only the newest this many checkpoints."""
+
+    dtype: str = "auto"
+    """auto (bf16 compute with fp32 master weights where the hardware is fast at bf16), float32 or bfloat16."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
+    compile: bool = False
+    """torch.compile the model body (pays off only for long runs; first steps are slow)."""
+    device: str | None = None
+    """cpu or cuda (default: cuda when available)."""
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill per-method defaults and check the values together; every problem in one message."""
+    lr = cfg.lr if cfg.lr is not None else METHOD_DEFAULTS[cfg.method]["lr"]
+    cfg = dataclasses.replace(cfg, lr=lr)
+    problems = []
+    if not cfg.data and not cfg.resume:
+        problems.append("data: give a training file with --data train.jsonl")
+    positive = {"batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "max_length": cfg.max_length,
+                "lora_r": cfg.lora_r, "log_every": cfg.log_every, "keep_checkpoints": cfg.keep_checkpoints}
+    for name in ("batch_tokens", "max_steps", "eval_every", "save_every"):
+        if getattr(cfg, name) is not None:
+            positive[name] = getattr(cfg, name)
+    problems += [f"{k}: must be at least 1 (got {v})" for k, v in positive.items() if v < 1]
+    if cfg.max_steps is None and cfg.epochs <= 0:
+        problems.append(f"epochs: must be above 0 (got {cfg.epochs})")
+    if cfg.lr <= 0:
+        problems.append(f"lr: must be above 0 (got {cfg.lr})")
+    if not 0 <= cfg.val_split < 1:
+        problems.append(f"val_split: must be in [0, 1) (got {cfg.val_split})")
+    if cfg.batch_tokens is not None and cfg.batch_tokens < cfg.max_length:
+        problems.append(f"batch_tokens: must be at least max_length ({cfg.max_length}) so every example fits")
+    if cfg.method == "full" and (cfg.qlora or cfg.dora):
+        problems.append("qlora/dora: only apply to --method lora")
+    if cfg.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
+        problems.append(f"dtype: {cfg.dtype!r} is not one of auto, float32, bfloat16, float16")
+    if problems:
+        raise UsageError("Invalid training config:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,156 @@
+"""The training loop: one loop for full and LoRA fine-tuning, readable top to bottom in `_run`.
+
+forward (model body) -> loss over trained tokens (chunked lm_head + CE) -> backward, for each
+micro-batch of the step -> clip -> optimizer step -> lr schedule -> log -> eval -> save.
+The loss of a step is the sum over all its micro-batches' trained tokens divided by their total
+count, so grad-accum 4 x batch 1 gives the very gradient of batch 4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tailor.train.batches import collate, plan_epoch, step_trained
+from tailor.train.config import TrainConfig
+from tailor.train.loss import batch_loss
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    final: Path | None  # the final model/adapter folder (None when interrupted)
+    step: int
+    losses: list[float]  # train loss per optimizer step, this process and any resumed-from run
+    val: dict  # last evaluation: val_loss, val_accuracy
+    interrupted: bool = False
+    tokens_per_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    samples: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Position:
+    """Where the run is: what a checkpoint must remember to continue exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    index: int = 0  # optimizer steps already taken in this epoch's order
+    tokens_seen: int = 0
+
+
+def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
+    """Fine-tune as `cfg` says; returns where the outputs are and how it went."""
+    from tailor.train.session import Session
+
+    with _quiet_libraries():
+        session = Session.open(cfg, quiet=quiet)
+        try:
+            return _run(session)
+        finally:
+            session.close()
+
+
+def _run(s) -> TrainResult:
+    body, head = s.parts
+    params = [p for p in s.model.parameters() if p.requires_grad]
+    stop = _StopFlag()
+    try:
+        _steps(s, body, head, params, stop)
+    finally:
+        stop.restore()
+    return s.interrupted() if stop.requested and s.position.step < s.total_steps else s.finish()
+
+
+def _steps(s, body, head, params, stop) -> None:
+    cfg, pos, opt, sched = s.cfg, s.position, s.optimizer, s.scheduler
+    window_tokens, window_time = 0, 0.0  # tokens/s counts training compute, not evals or saves
+    while pos.step < s.total_steps and not stop.requested:
+        plan = s.plan(pos.epoch)
+        if pos.index >= len(plan):
+            pos.epoch, pos.index = pos.epoch + 1, 0
+            continue
+        step = plan[pos.index]
+        n_trained = step_trained(s.data.train, step)  # the whole step's denominator, known up front
+        loss_sum, tokens, t0 = 0.0, 0, time.perf_counter()
+        for micro in step:
+            batch = collate(s.data.train, micro, batching=cfg.batching, max_length=cfg.max_length, pad_id=s.pad_id)
+            with s.precision.autocast():
+                token_losses, _ = batch_loss(body, head, batch, s.precision.compute)
+            (token_losses / n_trained).backward()
+            loss_sum += token_losses.item()
+            tokens += batch.tokens
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        pos.step, pos.index, pos.tokens_seen = pos.step + 1, pos.index + 1, pos.tokens_seen + tokens
+        window_tokens, window_time = window_tokens + tokens, window_time + time.perf_counter() - t0
+        if pos.step % cfg.log_every == 0 or pos.step == s.total_steps:
+            s.log_step({"step": pos.step, "epoch": round(pos.epoch + pos.index / len(plan), 4),
+                        "loss": loss_sum / max(n_trained, 1), "lr": lr, "grad_norm": float(grad_norm),
+                        "tokens_per_s": window_tokens / max(window_time, 1e-9), "trained_tokens": n_trained,
+                        "tokens": tokens, "tokens_seen": pos.tokens_seen})
+            window_tokens, window_time = 0, 0.0
+        if pos.step % s.eval_every == 0 and pos.step < s.total_steps:
+            s.evaluate()
+        if (pos.step % s.save_every == 0 or stop.requested) and pos.step < s.total_steps:
+            s.save_checkpoint()
+
+
+class _StopFlag:
+    """Ctrl-C asks the loop to stop after the current step (then it saves and says how to resume);
+    a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    def restore(self):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """transformers/peft progress bars and deprecation chatter would drown the training log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*past_key_values.*")
+        yield
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def epochs_total(plan_lengths: list[int], epochs: float) -> int:
+    """Steps in `epochs` passes, the last one possibly partial."""
+    whole = int(math.floor(epochs))
+    steps = sum(plan_lengths[:whole])
+    if epochs > whole:
+        steps += max(1, int(round((epochs - whole) * plan_lengths[whole])))
+    return steps

@@ -1,0 +1,108 @@
+"""Cross-entropy over trained positions only, through the vocabulary projection in chunks.
+
+The model body gives hidden states for every position; only the positions whose next token is
+trained are gathered, and the lm_head matmul + softmax run over those in chunks of a few hundred
+rows. The gradient of each chunk is computed right away (softmax minus one-hot), so neither the
+forward nor the backward pass ever holds more than one chunk of logits: a 49k vocabulary costs
+~100 MB, not rows x length x 49k floats.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Rows of logits per chunk: chunk x vocab fp32 values, ~100 MB for a 49k vocabulary.
+_CHUNK_ELEMENTS = 1 << 25
+
+
+def _chunk_rows(vocab: int) -> int:
+    return max(16, _CHUNK_ELEMENTS // vocab)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(hidden_i @ W.T + b, target_i), with gradients computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, compute_dtype):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        w = weight.to(compute_dtype)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        step = _chunk_rows(weight.shape[0])
+        for s in range(0, hidden.shape[0], step):
+            h = hidden[s:s + step].to(compute_dtype)
+            t = targets[s:s + step]
+            logits = (h @ w.T).float()
+            if bias is not None:
+                logits += bias.float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None])[:, 0]).sum()
+            correct += (logits.argmax(-1) == t).sum()
+            if need_h or need_w or need_b:
+                # d CE / d logits = softmax - onehot, computed in place over the logits buffer
+                g = logits.sub_(lse[:, None]).exp_()
+                g[torch.arange(len(t), device=g.device), t] -= 1
+                if need_b:
+                    grad_b += g.sum(0)
+                g = g.to(compute_dtype)
+                if need_h:
+                    grad_h[s:s + step] = (g @ w).to(hidden.dtype)
+                if need_w:
+                    grad_w += (g.T @ h).float()
+        ctx.save_for_backward(*(x for x in (grad_h, grad_w, grad_b) if x is not None))
+        ctx.have = (need_h, need_w, need_b)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.mark_non_differentiable(correct)
+        return total, correct
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_correct):
+        saved = list(ctx.saved_tensors)
+        grads = [(saved.pop(0) * grad_total).to(dtype) if have else None
+                 for have, dtype in zip(ctx.have, ctx.dtypes)]
+        return (*grads, None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         bias: torch.Tensor | None = None, compute_dtype: torch.dtype | None = None):
+    """(sum of token losses, number of correct argmax predictions) for hidden [N, H], targets [N]."""
+    compute_dtype = compute_dtype or hidden.dtype
+    if hidden.shape[0] == 0:
+        zero = hidden.sum() * 0.0
+        return zero.float(), torch.zeros((), dtype=torch.long)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, compute_dtype)
+    with torch.no_grad():
+        return _LinearCrossEntropy.forward(_NoGradCtx(), hidden, weight, bias, targets, compute_dtype)
+
+
+class _NoGradCtx:
+    needs_input_grad = (False, False, False, False, False)
+
+    def save_for_backward(self, *args):
+        pass
+
+    def mark_non_differentiable(self, *args):
+        pass
+
+
+def decoder_parts(model):
+    """(body, lm_head) of a causal LM, also through a PEFT wrapper: the body returns hidden states."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def batch_loss(body, head, batch, compute_dtype):
+    """(sum of token losses, correct predictions) for one micro-batch; the caller divides."""
+    device = head.weight.device
+    out = body(input_ids=batch.input_ids.to(device),
+               position_ids=None if batch.position_ids is None else batch.position_ids.to(device),
+               use_cache=False)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_index.to(device))
+    return linear_cross_entropy(picked, head.weight, batch.target_ids.to(device),
+                                getattr(head, "bias", None), compute_dtype)

@@ -1,0 +1,117 @@
+"""What a run leaves behind: metrics.jsonl, eval.jsonl, loss.png, config.yaml and final/ (a plain
+Hugging Face model or PEFT adapter folder, with the tokenizer, chat template, generation config
+and a model card)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from tailor.train.lora import replace_dir
+
+
+class JsonLines:
+    """An append-only JSONL log that a resumed run rewinds to the checkpoint's step."""
+
+    def __init__(self, path: Path, *, rewind_to: int | None = None):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rewind_to is None:
+            path.write_text("")
+        elif path.exists():  # drop what the interrupted run logged after its last checkpoint
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= rewind_to]
+            path.write_text("".join(k + "\n" for k in kept))
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+
+
+def save_config(out: Path, cfg_dict: dict) -> None:
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+
+
+def plot_losses(out: Path, train: list[dict], evals: list[dict]) -> Path | None:
+    """loss.png: the train loss per step and the validation loss at each evaluation."""
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", linewidth=1)
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (mean over trained tokens)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out / "loss.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_final(out: Path, model, tokenizer, *, stop_ids: list[int], card: str, method: str) -> Path:
+    """final/: the model (full) or adapter (LoRA) with tokenizer, generation config and card."""
+    target = out / "final"
+    tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=out))
+    try:
+        gen = model.generation_config
+        gen.eos_token_id = stop_ids[0] if len(stop_ids) == 1 else list(stop_ids)
+        if gen.pad_token_id is None and tokenizer.pad_token_id is not None:
+            gen.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(str(tmp))
+        if method == "lora":  # an adapter folder has no generation config of its own; add it
+            gen.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "README.md").write_text(card)
+        if (out / "loss.png").exists():
+            shutil.copy(out / "loss.png", tmp / "loss.png")
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def model_card(*, cfg: dict, base_ref: str, data_stats: dict, final: dict, method: str) -> str:
+    """README.md for final/: what was trained on what, how, and how well."""
+    load = (f"```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n"
+            f"model = AutoPeftModelForCausalLM.from_pretrained('final')\ntokenizer = AutoTokenizer.from_pretrained('final')\n```"
+            if method == "lora" else
+            f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"model = AutoModelForCausalLM.from_pretrained('final')\ntokenizer = AutoTokenizer.from_pretrained('final')\n```")
+    hyper = ["lr", "schedule", "warmup", "epochs", "max_steps", "batch_size", "batch_tokens", "grad_accum",
+             "max_length", "batching", "weight_decay", "max_grad_norm", "seed", "dtype"]
+    if method == "lora":
+        hyper += ["lora_r", "lora_alpha", "lora_dropout", "lora_targets", "dora", "rslora", "qlora"]
+    lines = [
+        "---", f"base_model: {base_ref}", "library_name: " + ("peft" if method == "lora" else "transformers"),
+        "tags: [tailor, " + ("lora" if method == "lora" else "full-fine-tune") + "]", "---", "",
+        f"# Fine-tuned with tailor ({'LoRA adapter' if method == 'lora' else 'full fine-tune'})", "",
+        f"- Base model: `{base_ref}` (requested as `{cfg['model']}`)",
+        f"- Method: {method}", "",
+        "## Data", "",
+        *[f"- {k}: {v}" for k, v in data_stats.items()], "",
+        "## Hyperparameters", "", "| key | value |", "|---|---|",
+        *[f"| {k} | {cfg.get(k)} |" for k in hyper], "",
+        "## Results", "",
+        *[f"- {k}: {v}" for k, v in final.items()], "",
+        "![loss curve](loss.png)", "",
+        "## Use it", "", load, "",
+        "Or with tailor: `tailor chat --model final`.", "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,216 @@
+"""One training run's state and its side effects (set-up, logging, evaluation, checkpoints,
+final outputs), so that `loop.py` holds nothing but the loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import yaml
+
+from tailor.errors import TailorError
+from tailor.train import checkpoint, outputs
+from tailor.train.batches import plan_epoch
+from tailor.train.config import TrainConfig, resolve, to_dict
+from tailor.train.loop import Position, TrainResult, epochs_total, peak_rss_mb
+from tailor.train.loss import decoder_parts
+from tailor.train.progress import Progress
+from tailor.train.schedule import make_scheduler
+
+
+def resume_config(out_dir: str | Path, **overrides) -> TrainConfig:
+    """The config saved in `out_dir`'s newest checkpoint, with `overrides`, set to resume there."""
+    from tailor import config
+
+    ckpt = _latest_or_error(Path(out_dir))
+    saved = checkpoint.read_meta(ckpt)["config"]
+    return config.build(TrainConfig, saved, overrides, {"resume": str(out_dir), "out": str(out_dir)})
+
+
+def _latest_or_error(out_dir: Path) -> Path:
+    ckpt = checkpoint.latest(out_dir)
+    if ckpt is None:
+        raise TailorError(f"--resume {out_dir}: no complete checkpoint there (expected {out_dir}/checkpoint-NNNNNN "
+                          "with a meta.json). Start a new run with --out instead.")
+    return ckpt
+
+
+class Session:
+    @classmethod
+    def open(cls, cfg: TrainConfig, *, quiet: bool = False) -> "Session":
+        self = cls()
+        self.t_start = time.perf_counter()
+        ckpt = _latest_or_error(Path(cfg.resume)) if cfg.resume else None
+        if ckpt is not None:
+            cfg = dataclasses.replace(cfg, out=cfg.resume)
+        self.cfg = cfg = resolve(cfg)
+        self.out = Path(cfg.out)
+        self.quiet = quiet
+        self._say = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+        self._say("tailor train: resolved config\n" + _indent(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
+        self._load(ckpt)
+        self._plans = lru_cache(maxsize=4)(self._plan)
+        n_epochs_needed = int(cfg.epochs) + 1
+        self.total_steps = cfg.max_steps or epochs_total([len(self.plan(e)) for e in range(n_epochs_needed)], cfg.epochs)
+        self.eval_every = cfg.eval_every or max(1, self.total_steps // 4)
+        self.save_every = cfg.save_every or self.eval_every
+        self.optimizer = _optimizer(self.model, cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
+        self._restore(ckpt)
+        self.progress = Progress(self.total_steps, self.position.step, quiet=quiet)
+        return self
+
+    def _load(self, ckpt):
+        from tailor import models
+        from tailor.train.setup import load_data, load_model, precision
+
+        cfg = self.cfg
+        self.tokenizer = models.load_tokenizer(cfg.model)
+        self.data = load_data(cfg, self.tokenizer)  # a bad dataset stops here, before any weights load
+        for w in self.data.prepared.warnings:
+            self._say(f"warning: {w}")
+        self._say(f"data: {len(self.data.train)} training examples; validation: {self.data.val_source}")
+        self.precision = precision(cfg)
+        for note in self.precision.notes:
+            self._say(f"note: {note}")
+        torch.manual_seed(cfg.seed)
+        self.model, self.base_ref = load_model(cfg, self.tokenizer, self.precision, ckpt)
+        self.parts = decoder_parts(self.model)
+        if cfg.compile:
+            self.parts = (torch.compile(self.parts[0], dynamic=True), self.parts[1])
+        self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self._say(f"model: {self.base_ref} ({cfg.method}, {trainable:,} trainable parameters, "
+                  f"compute {str(self.precision.compute).replace('torch.', '')} on {self.precision.device})")
+
+    def _restore(self, ckpt):
+        self.position = Position()
+        if ckpt is None:
+            self.metrics = outputs.JsonLines(self.out / "metrics.jsonl")
+            self.evals = outputs.JsonLines(self.out / "eval.jsonl")
+            outputs.save_config(self.out, to_dict(self.cfg))
+            self.last_val, self.last_saved, self.last_eval = {}, -1, -1
+            return
+        meta = checkpoint.read_meta(ckpt)
+        if meta["data_fingerprint"] != self.data.fingerprint:
+            raise TailorError(f"--resume {self.out}: {self.cfg.data} is not the file this run was trained on "
+                              "(its content changed); exact resume needs the same data.")
+        checkpoint.load_state(ckpt, self.optimizer, self.scheduler)
+        self.position = Position(**meta["position"])
+        self.metrics = outputs.JsonLines(self.out / "metrics.jsonl", rewind_to=self.position.step)
+        self.evals = outputs.JsonLines(self.out / "eval.jsonl", rewind_to=self.position.step)
+        self.last_val, self.last_saved, self.last_eval = meta.get("val", {}), self.position.step, -1
+        self._say(f"resumed from {ckpt} at step {self.position.step} (epoch {self.position.epoch}, "
+                  f"{self.position.index} steps into it)")
+
+    def plan(self, epoch: int):
+        return self._plans(epoch)
+
+    def _plan(self, epoch: int):
+        c = self.cfg
+        return plan_epoch(self.data.lengths, epoch, seed=c.seed, batch_size=c.batch_size, batch_tokens=c.batch_tokens,
+                          grad_accum=c.grad_accum, batching=c.batching, max_length=c.max_length)
+
+    # ---- side effects the loop calls -------------------------------------------------------
+
+    def log_step(self, record: dict) -> None:
+        self.metrics.write(record)
+        self.progress.step(record)
+
+    def evaluate(self) -> dict:
+        from tailor.train.evaluate import sample_answers, validation_loss
+
+        self.last_eval = self.position.step
+        if not self.data.val:
+            return {}
+        val = validation_loss(self.model, self.data.val, self.cfg, self.precision, self.pad_id)
+        samples = sample_answers(self.model, self.tokenizer, self.data.samples, self.precision,
+                                 self.cfg.sample_max_tokens) if self.data.samples else []
+        self.last_val, self.last_samples = val, samples
+        self.evals.write({"step": self.position.step, **val, "samples": samples})
+        self.progress.say(f"eval step {self.position.step}: val_loss {val['val_loss']:.4f}  "
+                          f"val_accuracy {val['val_accuracy']:.3f}")
+        for smp in samples:
+            self.progress.say(f"  prompt:    {_one_line(smp['prompt'])}\n  reference: {_one_line(smp['reference'])}\n"
+                              f"  model:     {_one_line(smp['answer'])}")
+        return val
+
+    def save_checkpoint(self) -> Path:
+        meta = {"step": self.position.step, "epoch": self.position.epoch + self.position.index / max(1, len(self.plan(self.position.epoch))),
+                "position": dataclasses.asdict(self.position), "tokens_seen": self.position.tokens_seen,
+                "config": to_dict(self.cfg), "data_fingerprint": self.data.fingerprint, "val": self.last_val,
+                "losses": [r["loss"] for r in self.metrics.read()], "base_model": self.base_ref}
+        path = checkpoint.save(self.out, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
+                               scheduler=self.scheduler, meta=meta, keep=self.cfg.keep_checkpoints)
+        self.last_saved = self.position.step
+        return path
+
+    def interrupted(self) -> TrainResult:
+        if self.last_saved != self.position.step:
+            self.save_checkpoint()
+        self.progress.say(f"stopped at step {self.position.step}; checkpoint saved. Resume with:\n"
+                          f"  tailor train --resume {self.out}")
+        return self._result(final=None, interrupted=True)
+
+    def finish(self) -> TrainResult:
+        if self.last_eval != self.position.step:
+            self.evaluate()
+        if self.last_saved != self.position.step:
+            self.save_checkpoint()
+        train_log, eval_log = self.metrics.read(), self.evals.read()
+        outputs.plot_losses(self.out, train_log, eval_log)
+        card = outputs.model_card(cfg=to_dict(self.cfg), base_ref=self.base_ref, data_stats=self._data_stats(),
+                                  final=self._final_stats(train_log), method=self.cfg.method)
+        final = outputs.write_final(self.out, self.model, self.tokenizer, stop_ids=self.data.prepared.stop_token_ids,
+                                    card=card, method=self.cfg.method)
+        self.progress.say(f"done: {final} (metrics {self.out / 'metrics.jsonl'}, curve {self.out / 'loss.png'})")
+        return self._result(final=final, interrupted=False)
+
+    def _data_stats(self) -> dict:
+        lengths = self.data.lengths
+        return {"training file": f"{self.cfg.data} (sha256 {self.data.fingerprint}...)",
+                "training examples": len(self.data.train), "validation": self.data.val_source,
+                "tokens per epoch": int(lengths.sum()), "mean example length": f"{lengths.mean():.1f} tokens",
+                "chat template": "saved in the tokenizer (chat_template)"}
+
+    def _final_stats(self, log: list[dict]) -> dict:
+        stats = {"optimizer steps": self.position.step, "tokens seen": self.position.tokens_seen}
+        if log:
+            stats["final train loss"] = f"{log[-1]['loss']:.4f}"
+        if self.last_val:
+            stats["final validation loss"] = f"{self.last_val['val_loss']:.4f}"
+            stats["final validation token accuracy"] = f"{self.last_val['val_accuracy']:.3f}"
+        return stats
+
+    def _result(self, *, final, interrupted) -> TrainResult:
+        log = self.metrics.read()
+        rates = [r["tokens_per_s"] for r in log[1:]] or [r["tokens_per_s"] for r in log]
+        return TrainResult(out=self.out, final=final, step=self.position.step, losses=[r["loss"] for r in log],
+                           val=self.last_val, interrupted=interrupted,
+                           tokens_per_s=sum(rates) / max(len(rates), 1), peak_rss_mb=peak_rss_mb(),
+                           samples=getattr(self, "last_samples", []))
+
+    def close(self) -> None:
+        if hasattr(self, "progress"):
+            self.progress.close()
+
+
+def _optimizer(model, cfg):
+    """AdamW on the trainable weights; no decay on norms and biases (1-D tensors)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def _indent(text: str) -> str:
+    return "".join("  " + ln + "\n" for ln in text.splitlines())
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"

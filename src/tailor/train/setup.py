@@ -1,0 +1,192 @@
+"""Everything before the first step: check the data (tokenizer only, so a bad file stops before
+any weights are read), split off validation, load the model and pick the precision."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tailor.errors import TailorError
+
+
+@dataclass
+class Data:
+    train: list  # Example objects (input_ids, labels, line)
+    val: list
+    val_source: str  # where the validation examples came from, said to the user
+    samples: list[tuple[list[dict], str]]  # (prompt messages, reference answer) for eval generations
+    prepared: object  # tailor.data.Prepared of the training file (template, stop ids, warnings)
+    fingerprint: str  # content hash of the training file: a resume on other data is refused
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(e.input_ids) for e in self.train], dtype=np.int64)
+
+
+@dataclass
+class Precision:
+    compute: object  # torch dtype of matmuls (bf16 under autocast, or fp32)
+    master: object  # torch dtype of trained weights and optimizer state (fp32)
+    device: str
+    notes: list[str] = field(default_factory=list)
+
+    def autocast(self):
+        import torch
+
+        if self.compute == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.split(":")[0], dtype=self.compute)
+
+
+def file_hash(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def load_data(cfg, tokenizer) -> Data:
+    """Validate and render the data (raises DataError with the line-numbered report)."""
+    from tailor.data import conversations, prepare
+
+    for name in ("data", "val"):
+        path = getattr(cfg, name)
+        if path and not Path(path).is_file():
+            raise TailorError(f"--{name} {path}: no such file.")
+    kw = dict(max_length=cfg.max_length, truncate=cfg.truncate, chat_template=cfg.chat_template)
+    prepared = prepare(cfg.data, tokenizer, **kw)
+    examples = [prepared.examples[i] for i in range(len(prepared.examples))]
+    if not examples:
+        raise TailorError(f"{cfg.data}: no usable examples (all were dropped; see the warnings above).")
+    if cfg.val:
+        val_prep = prepare(cfg.val, tokenizer, **kw)
+        val = [val_prep.examples[i] for i in range(len(val_prep.examples))]
+        val_convs, source = conversations(cfg.val), f"{cfg.val} ({len(val)} examples)"
+        train = examples
+    else:
+        train, val = split(examples, cfg.val_split, cfg.val_max, cfg.seed)
+        val_convs = conversations(cfg.data)
+        source = (f"held out {len(val)} of {len(examples)} examples of {cfg.data} (--val-split {cfg.val_split})"
+                  if val else "none (no --val, and --val-split 0 or too few examples)")
+    return Data(train=train, val=val, val_source=source, samples=eval_samples(val, val_convs, cfg.eval_samples),
+                prepared=prepared, fingerprint=file_hash(cfg.data))
+
+
+def split(examples: list, fraction: float, cap: int, seed: int) -> tuple[list, list]:
+    """A seeded validation split: ceil(fraction * n) examples, at most `cap`, at least one left to train."""
+    n_val = min(cap, math.ceil(fraction * len(examples)), len(examples) - 1) if fraction > 0 else 0
+    if n_val <= 0:
+        return examples, []
+    order = np.random.default_rng(seed).permutation(len(examples))
+    held = set(order[:n_val].tolist())
+    return ([e for i, e in enumerate(examples) if i not in held],
+            [e for i, e in enumerate(examples) if i in held])
+
+
+def _get(obj, key):
+    return obj[key] if isinstance(obj, dict) else getattr(obj, key)
+
+
+def eval_samples(val: list, convs: list, count: int) -> list[tuple[list[dict], str]]:
+    """(prompt, reference) pairs: the conversation up to its last assistant turn, and that turn."""
+    by_line = {_get(c, "line"): c for c in convs}
+    out = []
+    for ex in val:
+        conv = by_line.get(ex.line)
+        if conv is None or len(out) >= count:
+            continue
+        msgs = [{"role": _get(m, "role"), "content": _get(m, "content")} for m in _get(conv, "messages")]
+        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        if last:
+            out.append((msgs[:last], msgs[last]["content"]))
+    return out
+
+
+def precision(cfg) -> Precision:
+    """bf16 matmuls where the hardware is fast at them, with fp32 master weights and optimizer
+    state (so small updates are not rounded away); plain fp32 when asked or when bf16 is slow."""
+    import torch
+
+    from tailor import models
+
+    device = models.pick_device(cfg.device)
+    compute = models.pick_dtype(cfg.dtype, device)
+    notes = []
+    if compute == torch.float16:  # fp16 needs loss scaling; fp32 is the safe choice here
+        notes.append("float16 training is not supported; training in float32")
+        compute = torch.float32
+    return Precision(compute=compute, master=torch.float32, device=device, notes=notes)
+
+
+def load_model(cfg, tokenizer, prec: Precision, resume: Path | None):
+    """The model ready to train: full (fp32 master weights) or LoRA-wrapped (frozen base in the
+    compute dtype, fp32 adapters). On resume, weights come from the checkpoint."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tailor import models
+    from tailor.train import lora
+
+    base_ref = str(models.local_folder(cfg.model))
+    source = str(resume) if (resume is not None and cfg.method == "full") else base_ref
+    kwargs = {"dtype": prec.master if cfg.method == "full" else prec.compute}
+    if cfg.qlora:
+        kwargs.update(_qlora_kwargs(prec))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except Exception as exc:
+        raise TailorError(f"Could not load model weights from {source}: {exc}") from exc
+    new_tokens = _resize_for_tokenizer(model, tokenizer)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.method == "lora":
+        if cfg.qlora:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        torch.manual_seed(cfg.seed)  # adapter initialisation is part of the seeded run
+        model = lora.wrap(model, cfg, base_ref=base_ref, new_token_ids=new_tokens)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.to(prec.master)
+        if prec.compute != torch.float32:
+            lora.keep_updates_in_fp32(model)
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+        if resume is not None:
+            lora.load_trainable(model, resume)
+    if not cfg.qlora:
+        model.to(prec.device)
+    model.train()
+    return model, base_ref
+
+
+def _qlora_kwargs(prec: Precision) -> dict:
+    import importlib.util
+
+    from transformers import BitsAndBytesConfig
+
+    if not prec.device.startswith("cuda"):
+        raise TailorError("--qlora loads the base in 4-bit with bitsandbytes, which needs a CUDA GPU; "
+                          "on this machine use plain --method lora (bf16 base) instead.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TailorError("--qlora needs the bitsandbytes package: pip install bitsandbytes")
+    return {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=prec.compute), "device_map": {"": prec.device}}
+
+
+def _resize_for_tokenizer(model, tokenizer) -> list[int]:
+    """Grow the embeddings when the chat template added tokens; return the new token ids."""
+    have = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) <= have:
+        return []
+    model.resize_token_embeddings(len(tokenizer))
+    return list(range(have, len(tokenizer)))
