@@ -1,0 +1,74 @@
+"""`tailor serve [REF ...]`: serve models behind an OpenAI-compatible HTTP API.
+
+Each REF is a model folder, a LoRA adapter folder (served on top of its base, which is loaded
+once however many adapters use it), a .gguf file, a hub id, or `default`. Clients pick one per
+request with the `model` field; ids are the references as given, or the --name values.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+from tailor import config
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0 exposes the server to the network; set --api-key then)."""
+    port: int = 8000
+    """Port to listen on."""
+    api_key: str | None = None
+    """Require 'Authorization: Bearer KEY' on every request but /health (default: $TAILOR_API_KEY, else none)."""
+    dtype: str = "auto"
+    """auto (bf16 where the hardware is fast at it), float32 or bfloat16."""
+    max_batch: int = 16
+    """Most sequences decoded together per base model; more concurrent requests wait their turn."""
+    max_len: int | None = None
+    """Longest prompt + completion in tokens (default: the model's own context length)."""
+    chat_template: str | None = None
+    """For a model without a chat template: chatml (default), llama3, alpaca, or a .jinja file."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body accepted; larger ones get HTTP 413."""
+    shutdown_timeout: float = 10.0
+    """Seconds to let in-flight requests finish after SIGTERM before they are cancelled."""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("refs", nargs="*", metavar="REF", default=None,
+                        help="Models to serve (default: the embedded SmolLM2-135M-Instruct).")
+    parser.add_argument("--name", action="append", dest="names", default=None, metavar="ID",
+                        help="Model id for the REF in the same position (repeat once per REF; default: the REF).")
+    config.add_arguments(parser, ServeConfig)
+
+
+def run(args) -> int:
+    import logging
+
+    import uvicorn
+    from transformers.utils import logging as hf_logging
+
+    from tailor.serve.app import create_app
+    from tailor.serve.registry import Registry
+
+    skip = ("command", "refs", "names")
+    cfg = config.build(ServeConfig, {k: v for k, v in vars(args).items() if k not in skip})
+    refs = args.refs or ["default"]
+    hf_logging.disable_progress_bar()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    registry = Registry.load(refs, args.names, dtype=cfg.dtype, max_batch=cfg.max_batch, max_len=cfg.max_len,
+                             chat_template=cfg.chat_template)
+    api_key = cfg.api_key if cfg.api_key is not None else os.environ.get("TAILOR_API_KEY") or None
+    app = create_app(registry, api_key=api_key, max_body=cfg.max_body_bytes)
+    for m in registry.models.values():
+        print(f"serving {m.id!r} (context {m.max_len} tokens)", file=sys.stderr)
+    print(f"OpenAI-compatible API at http://{cfg.host}:{cfg.port}/v1", file=sys.stderr)
+    # uvicorn drains requests on SIGTERM, then re-raises the signal to the previous handler:
+    # make that a no-op so a requested shutdown exits 0 instead of dying by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
+                timeout_graceful_shutdown=cfg.shutdown_timeout)
+    return 0

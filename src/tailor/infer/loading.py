@@ -1,0 +1,167 @@
+"""From a model reference to something that generates: the HF weights loaded once, wrapped in
+the fast forward (or the HF fallback), with LoRA adapters attached on top of their base.
+
+A standard LoRA adapter (linear layers of attention and MLP) is read straight from its
+safetensors file and kept separate from the base, so one base serves many adapters. Anything
+else PEFT can express (DoRA, trained embeddings, bias, rank patterns) is merged into its own
+copy of the base instead: correct, at the cost of memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tailor.errors import TailorError
+
+_LORA_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.default)?\.weight$")
+
+
+@dataclass
+class Loaded:
+    """One model ready to generate: the engine, which adapter to ask it for, and the ids that
+    end a reply."""
+
+    engine: object  # tailor.infer.engine.Engine
+    tokenizer: object
+    adapter: int
+    stop_ids: list[int]
+    warning: str | None = None
+
+
+@dataclass
+class LoraWeights:
+    """(layer, module name) -> (A [r, in], B [out, r] times the LoRA scale)."""
+
+    pairs: dict[tuple[int, str], tuple]
+
+
+def load_hf_model(folder: Path, dtype: str = "auto", device: str | None = None):
+    """The HF model in eval mode, on `device` in `dtype` (see tailor.models.pick_dtype)."""
+    from transformers import AutoModelForCausalLM
+
+    from tailor import models
+
+    device = models.pick_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=models.pick_dtype(dtype, device))
+    except Exception as exc:
+        raise TailorError(f"Could not load model weights from {folder}: {exc}") from exc
+    return model.to(device).eval()
+
+
+def context_length(config, max_len: int | None = None) -> int:
+    """The longest sequence to serve: the model's own limit, capped by `max_len`."""
+    limit = getattr(config, "max_position_embeddings", None) or 2048
+    return min(limit, max_len) if max_len else limit
+
+
+def make_backend(model, max_len: int):
+    """The fast Llama-family forward when it applies, else the HF model itself."""
+    from tailor.infer.hf_backend import HFForward
+    from tailor.infer.llama import LlamaForward, supports
+
+    if supports(model.config):
+        return LlamaForward(model, max_len)
+    return HFForward(model, max_len)
+
+
+def read_lora(folder: Path) -> LoraWeights | None:
+    """A plain LoRA adapter's weights, scaled; None when it needs PEFT to merge it instead."""
+    import torch
+
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    plain = (cfg.get("peft_type", "LORA") == "LORA" and not cfg.get("use_dora") and not cfg.get("modules_to_save")
+             and cfg.get("bias", "none") == "none" and not cfg.get("fan_in_fan_out")
+             and not cfg.get("rank_pattern") and not cfg.get("alpha_pattern"))
+    weights = _adapter_tensors(folder)
+    if not plain or weights is None:
+        return None
+    r, alpha = cfg["r"], cfg.get("lora_alpha", cfg["r"])
+    scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
+    parts: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in weights.items():
+        m = _LORA_KEY.search(key)
+        if m is None:
+            return None  # embeddings, lm_head or another module: not a plain adapter
+        parts.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = tensor
+    if any(set(ab) != {"A", "B"} for ab in parts.values()):
+        return None
+    return LoraWeights({k: (ab["A"], ab["B"] * scale) for k, ab in parts.items()})
+
+
+def _adapter_tensors(folder: Path):
+    from safetensors.torch import load_file
+
+    if (folder / "adapter_model.safetensors").is_file():
+        return load_file(str(folder / "adapter_model.safetensors"))
+    return None  # a .bin adapter: let PEFT read it
+
+
+def merged_adapter_model(adapter: Path, base_folder: Path, tokenizer, dtype: str, device: str | None):
+    """A fresh copy of the base with the adapter merged in, for adapters read_lora declines."""
+    from peft import PeftModel
+
+    model = load_hf_model(base_folder, dtype, device)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))  # the adapter was trained with added tokens
+    try:
+        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+    except Exception as exc:
+        raise TailorError(f"Could not load LoRA adapter {adapter}: {exc}") from exc
+
+
+def stop_ids(tokenizer, folders: list[Path], model=None) -> list[int]:
+    """EOS and end-of-turn ids from the first folder's generation_config.json (a fine-tune records
+    the ones it was trained with there), else the model's, plus the template's end-of-turn."""
+    from transformers import GenerationConfig
+
+    from tailor.data.templates import stop_token_ids
+
+    config = getattr(model, "generation_config", None)
+    for folder in folders:
+        if (Path(folder) / "generation_config.json").is_file():
+            try:
+                config = GenerationConfig.from_pretrained(str(folder))
+                break
+            except Exception:  # an unreadable file: the model's own config still knows EOS
+                continue
+    return stop_token_ids(tokenizer, config)
+
+
+def load_engine(ref, *, dtype: str = "auto", device: str | None = None, max_batch: int = 4,
+                max_len: int | None = None, chat_template: str | None = None) -> Loaded:
+    """One model reference, loaded for generation: what `tailor generate` and `chat` use."""
+    from tailor import models
+    from tailor.data.templates import ensure_chat_template
+    from tailor.infer.engine import Engine
+
+    src = models.resolve(ref)
+    tokenizer = models.load_tokenizer(ref)
+    warning = ensure_chat_template(tokenizer, chat_template)
+    if src.kind != "adapter":
+        folder = models.local_folder(ref)
+        model = load_hf_model(folder, dtype, device)
+        backend = make_backend(model, context_length(model.config, max_len))
+        return Loaded(Engine(backend, tokenizer, max_batch), tokenizer, 0,
+                      stop_ids(tokenizer, [folder], model), warning)
+    base = models.local_folder(models.adapter_base(src.path))
+    backend, adapter, model = adapter_backend(src.path, base, tokenizer, dtype, device, max_len)
+    return Loaded(Engine(backend, tokenizer, max_batch), tokenizer, adapter,
+                  stop_ids(tokenizer, [src.path, base], model), warning)
+
+
+def adapter_backend(adapter: Path, base: Path, tokenizer, dtype, device, max_len):
+    """(backend, adapter id, model) for an adapter served alone: LoRA kept separate (id 1) when
+    it is plain and the fast path applies, else merged into the base (id 0)."""
+    lora = read_lora(adapter)
+    if lora is not None:
+        model = load_hf_model(base, dtype, device)
+        backend = make_backend(model, context_length(model.config, max_len))
+        if hasattr(backend, "lora_capable"):
+            backend.add_lora(1, lora.pairs)
+            return backend, 1, model
+    model = merged_adapter_model(adapter, base, tokenizer, dtype, device)
+    return make_backend(model, context_length(model.config, max_len)), 0, model

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server: registry of served models, routes, schemas, errors."""

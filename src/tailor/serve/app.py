@@ -1,0 +1,129 @@
+"""The OpenAI-compatible HTTP API over a Registry of served models.
+
+Routes: GET /health, GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions,
+POST /v1/completions. The app only parses, checks and formats; generation is the engine's.
+Requests never name files: a model id is looked up in the registry and nothing else.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from tailor.serve import chat, completions, errors
+from tailor.serve.errors import model_not_found
+from tailor.serve.registry import Registry
+from tailor.serve.schemas import ChatRequest, CompletionRequest
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+_OPEN_PATHS = {"/health"}
+
+
+class Guard:
+    """ASGI middleware: the bearer key (compared in constant time) and the body size limit,
+    checked before FastAPI reads anything. The body is read here, at most `max_body` bytes,
+    and replayed to the app."""
+
+    def __init__(self, app, api_key: str | None, max_body: int):
+        self.app, self.api_key, self.max_body = app, api_key, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.api_key is not None and scope["path"] not in _OPEN_PATHS and not self._authorized(headers):
+            return await _reply(send, 401, "Incorrect API key provided. Pass it as 'Authorization: Bearer KEY'.",
+                                "invalid_api_key")
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            return await _reply(send, 413, f"The request body is larger than {self.max_body} bytes.", "request_too_large")
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before sending its body
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body:
+                return await _reply(send, 413, f"The request body is larger than {self.max_body} bytes.",
+                                    "request_too_large")
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # later calls wait for the disconnect, as the app expects
+
+        await self.app(scope, replay, send)
+
+    def _authorized(self, headers: dict) -> bool:
+        value = headers.get("authorization", "")
+        token = value[7:].strip() if value[:7].lower() == "bearer " else ""
+        return hmac.compare_digest(token.encode(), self.api_key.encode())
+
+
+async def _reply(send, status: int, message: str, code: str) -> None:
+    body = json.dumps(errors.envelope(message, "invalid_request_error", None, code)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(registry: Registry, *, api_key: str | None = None, max_body: int = MAX_BODY_BYTES) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app):
+        registry.start()
+        try:
+            yield
+        finally:  # SIGTERM lands here once uvicorn has drained (or given up on) open requests
+            registry.stop()
+
+    app = FastAPI(title="tailor", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    errors.install(app)
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body)
+    app.state.registry = registry
+
+    def served(model_id: str):
+        m = registry.get(model_id)
+        if m is None:
+            raise model_not_found(model_id)
+        return m
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": list(registry.models)}
+
+    @app.get("/v1/models")
+    async def list_models(after: str | None = None):
+        cards = [m.card() for m in registry.models.values()]
+        if after is not None:  # the SDK pages with after=<last id>; past the end is an empty page
+            ids = [c["id"] for c in cards]
+            cards = cards[ids.index(after) + 1:] if after in ids else []
+        return {"object": "list", "data": cards, "has_more": False,
+                "first_id": cards[0]["id"] if cards else None, "last_id": cards[-1]["id"] if cards else None}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str):
+        return served(model_id).card()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        model = served(body.model)
+        if body.stream:
+            return StreamingResponse(chat.stream_setup(body, model), media_type="text/event-stream")
+        return JSONResponse(await chat.complete(body, model, request))
+
+    @app.post("/v1/completions")
+    async def legacy_completions(body: CompletionRequest, request: Request):
+        model = served(body.model)
+        if body.stream:
+            return StreamingResponse(completions.stream_setup(body, model), media_type="text/event-stream")
+        return JSONResponse(await completions.complete(body, model, request))
+
+    return app

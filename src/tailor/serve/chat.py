@@ -1,0 +1,122 @@
+"""POST /v1/chat/completions: render with the model's own chat template, generate n choices,
+answer as one JSON body or as a stream of SSE chunks."""
+
+from __future__ import annotations
+
+from tailor.data.templates import render_prompt
+from tailor.serve.errors import APIError
+from tailor.serve.schemas import ChatRequest
+from tailor.serve.stream import (Jobs, Meta, check_error, collect, completion_budget, reason, sampling_params,
+                                 sse, token_text, usage)
+
+
+def chat_messages(body: ChatRequest) -> list[dict]:
+    """Messages as the chat template expects them. OpenAI's `developer` role is a system prompt."""
+    out = []
+    for i, m in enumerate(body.messages):
+        try:
+            text = m.text()
+        except ValueError as exc:
+            raise APIError(400, str(exc), param=f"messages[{i}].content") from exc
+        msg = {"role": "system" if m.role == "developer" else m.role, "content": text}
+        for key in ("name", "tool_calls", "tool_call_id"):
+            if getattr(m, key) is not None:
+                msg[key] = getattr(m, key)
+        out.append(msg)
+    return out
+
+
+def prompt_ids(served, messages: list[dict]) -> list[int]:
+    """The exact ids training rendered for these messages, plus the assistant's opening."""
+    try:
+        return render_prompt(served.tokenizer, messages)
+    except Exception as exc:  # the template itself rejects the conversation (e.g. role order)
+        raise APIError(400, f"The model's chat template cannot render these messages: {exc}",
+                       param="messages") from exc
+
+
+def _jobs(body: ChatRequest, served):
+    prompt = prompt_ids(served, chat_messages(body))
+    requested = body.max_completion_tokens or body.max_tokens
+    budget = completion_budget(served, len(prompt), requested, "messages")
+    top = body.top_logprobs or 0
+    params = [sampling_params(body, served, len(prompt), budget, j, logprobs=body.logprobs, top_logprobs=top)
+              for j in range(body.n)]
+    return prompt, Jobs(served, [(prompt, p) for p in params])
+
+
+def _logprob_entries(served, events) -> list[dict]:
+    tok = served.tokenizer
+    out = []
+    for e in events:
+        if e.token is None or e.logprob is None:
+            continue
+        text = token_text(tok, e.token)
+        out.append({"token": text, "logprob": e.logprob, "bytes": list(text.encode()),
+                    "top_logprobs": [{"token": token_text(tok, t), "logprob": lp,
+                                      "bytes": list(token_text(tok, t).encode())} for t, lp in (e.top_logprobs or [])]})
+    return out
+
+
+async def complete(body: ChatRequest, served, http_request) -> dict:
+    prompt, jobs = _jobs(body, served)
+    results = await collect(jobs, http_request)
+    meta = Meta("chatcmpl", body.model)
+    choices, generated = [], 0
+    for i, events in enumerate(results):
+        check_error(events)
+        generated += sum(e.token is not None for e in events)
+        finish = next((e.finish_reason for e in events if e.finish_reason), "stop")
+        choices.append({"index": i, "message": {"role": "assistant", "content": "".join(e.text for e in events),
+                                                "refusal": None},
+                        "logprobs": {"content": _logprob_entries(served, events), "refusal": None} if body.logprobs else None,
+                        "finish_reason": reason(finish)})
+    return {"id": meta.id, "object": "chat.completion", "created": meta.created, "model": body.model,
+            "choices": choices, "usage": usage(len(prompt), generated), "system_fingerprint": None}
+
+
+def stream_setup(body: ChatRequest, served):
+    """Validate and submit before the response starts, so errors are still plain HTTP errors."""
+    prompt, jobs = _jobs(body, served)
+    return _stream(body, served, prompt, jobs)
+
+
+async def _stream(body: ChatRequest, served, prompt: list[int], jobs: Jobs):
+    meta = Meta("chatcmpl", body.model)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(choices, usage_=None):
+        c = {"id": meta.id, "object": "chat.completion.chunk", "created": meta.created, "model": body.model,
+             "system_fingerprint": None, "choices": choices}
+        if include_usage:
+            c["usage"] = usage_
+        return sse(c)
+
+    generated = 0
+    pending_lp: dict[int, list] = {i: [] for i in range(body.n)}
+    try:
+        for i in range(body.n):
+            yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                          "finish_reason": None}])
+        while jobs.pending:
+            i, event = await jobs.next()
+            if event.finish_reason == "error":
+                yield sse({"error": {"message": f"Generation failed: {event.error}", "type": "server_error",
+                                     "param": None, "code": None}})
+                return
+            if event.token is not None:
+                generated += 1
+                pending_lp[i].append(event)
+            if event.text:
+                lp = _logprob_entries(served, pending_lp[i]) if body.logprobs else None
+                pending_lp[i] = []
+                yield chunk([{"index": i, "delta": {"content": event.text},
+                              "logprobs": {"content": lp, "refusal": None} if lp is not None else None,
+                              "finish_reason": None}])
+            if event.finish_reason:
+                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason(event.finish_reason)}])
+        if include_usage:
+            yield chunk([], usage(len(prompt), generated))
+        yield sse("[DONE]")
+    finally:  # the client left (or we finished): free the engine's slots either way
+        jobs.cancel()
