@@ -30,8 +30,11 @@ PY = sys.executable
 def run_json(script: str, *args: str, env: dict | None = None, timeout: int = 1800) -> dict:
     """Run a bench script in its own process; its last stdout line is its JSON result."""
     t = time.perf_counter()
+    full_env = {**os.environ, **(env or {})}
+    for k in [k for k, v in full_env.items() if v is None]:  # None removes a variable
+        del full_env[k]
     r = subprocess.run([PY, str(HERE / script), *args], cwd=HERE, capture_output=True, text=True,
-                       env={**os.environ, **(env or {})}, timeout=timeout)
+                       env=full_env, timeout=timeout)
     if r.returncode != 0:
         sys.stderr.write(r.stdout[-3000:] + r.stderr[-5000:])
         raise SystemExit(f"bench: {script} {' '.join(args)} failed (exit {r.returncode})")
@@ -77,6 +80,9 @@ def bench_train(model: str, rounds: int, steps: int) -> list[dict]:
                   "--batch-size", "4", "--grad-accum", "2", "--lr", lr, "--max-length", "512"]
         for r in range(rounds):
             print(f"training {method}, round {r + 1}/{rounds}", flush=True)
+            if r == 0:  # the peer once more without tailor's process-level setting, for the record
+                rows.append({**run_json("peer_trl.py", *common, env={"OMP_WAIT_POLICY": None}), "round": r,
+                             "tool": "trl-default-omp"})
             rows.append({**run_json("peer_trl.py", *common), "round": r})
             rows.append({**run_json("run_tailor_train.py", *common), "round": r})
     return rows
@@ -101,6 +107,10 @@ def summarize_train(rows: list[dict], peak: dict, n_params: int) -> list[list[st
                 "MFU vs bf16 peak": tps * flops_tok / (peak["bf16_tflops"] * 1e12),
                 "MFU vs fp32 peak": tps * flops_tok / (peak["fp32_tflops"] * 1e12),
             }
+        plain = [r for r in rows if r["method"] == method and r["tool"] == "trl-default-omp"]
+        if plain:
+            table.append([method, "TRL tokens/s without OMP_WAIT_POLICY=PASSIVE", f"{plain[0]['tokens_per_s']:,.4g}",
+                          "", ""])
         for k in figs["trl"]:
             a, b = figs["tailor"][k], figs["trl"][k]
             fmt = (lambda v: f"{v:.1%}") if "MFU" in k else (lambda v: f"{v:,.4g}" if v is not None else "n/a")
@@ -137,7 +147,15 @@ def write_results(info: dict, peak: dict, train_table, gen, data, args) -> str:
         lines += ["## Training: tailor vs TRL SFTTrainer (SmolLM2-135M-Instruct, max length 512, batch 4 x accum 2)",
                   "", "| method | figure | TRL | tailor | tailor/TRL |", "|---|---|---|---|---|"]
         lines += [f"| {' | '.join(row)} |" for row in train_table]
-        lines += ["", "Per-round raw numbers are in bench/.work/train_rows.json.", ""]
+        lines += ["", "Same for both: model, data (bench/dataset.py, 320 examples, ~43% assistant tokens), assistant-only "
+                  "loss (masks checked identical by bench/check_masks.py), LoRA r16/alpha32/all-linear/dropout 0, "
+                  "AdamW, cosine schedule, no warm-up, clip 1.0, seed 0, 2 threads, OMP_WAIT_POLICY=PASSIVE. "
+                  "Different, by each tool's default: TRL trains in fp32 (its CPU default), tailor runs bf16 "
+                  "matmuls with fp32 master weights and optimizer state (its default on AMX CPUs); TRL pads each "
+                  "micro-batch of randomly ordered examples, tailor groups examples of similar length. Both models "
+                  "are scored after training by the same function (bench/common.py heldout_loss, fp32, 32 held-out "
+                  "examples), so the loss column compares equal steps and an equal number of examples.",
+                  "", "Per-round raw numbers are in bench/.work/train_rows.json.", ""]
     if gen:
         hf, ours, serve = gen["hf"], gen["tailor"], gen["serve"]
         lines += ["## Generation (bf16, greedy, 50-token prompt, 64 new tokens)", "",
@@ -153,6 +171,9 @@ def write_results(info: dict, peak: dict, train_table, gen, data, args) -> str:
                   "| figure | TRL | tailor | tailor/TRL |", "|---|---|---|---|",
                   f"| examples/s | {data['trl']['examples_per_s']:,.0f} | {data['tailor']['examples_per_s']:,.0f} | "
                   f"{ratio(data['tailor']['examples_per_s'], data['trl']['examples_per_s'])} |", ""]
+    notes = HERE / "ANALYSIS.md"
+    if notes.is_file():
+        lines += [notes.read_text()]
     return "\n".join(lines)
 
 
@@ -165,6 +186,9 @@ def main() -> None:
     args = ap.parse_args()
     parts = set(args.only.split(","))
     WORK.mkdir(exist_ok=True)
+    # tailor's CLI sets OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning while
+    # waiting); every process here gets it, the peers too, and TRL also runs once without it.
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     sys.path.insert(0, str(HERE))
     import dataset
 
