@@ -90,10 +90,14 @@ class _NoGradCtx:
         pass
 
 
-def decoder_parts(model):
-    """(body, lm_head) of a causal LM, also through a PEFT wrapper: the body returns hidden states."""
+def decoder_parts(model, fused: bool = True):
+    """(body, lm_head) of a causal LM, also through a PEFT wrapper: the body returns hidden states.
+    For Llama-family models the body is tailor's fused forward (see tailor.train.fused)."""
+    from tailor.train import fused as fused_body
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings()
+    body = base.get_decoder()
+    return (fused and fused_body.wrap(model, body)) or body, base.get_output_embeddings()
 
 
 def batch_loss(body, head, batch, compute_dtype):

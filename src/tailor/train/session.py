@@ -79,7 +79,7 @@ class Session:
             self._say(f"note: {note}")
         torch.manual_seed(cfg.seed)
         self.model, self.base_ref = load_model(cfg, self.tokenizer, self.precision, ckpt)
-        self.parts = decoder_parts(self.model)
+        self.parts = decoder_parts(self.model, fused=not cfg.compile)  # compile traces the HF body
         if cfg.compile:
             self.parts = (torch.compile(self.parts[0], dynamic=True), self.parts[1])
         self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
