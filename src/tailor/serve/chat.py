@@ -86,11 +86,7 @@ async def _stream(body: ChatRequest, served, prompt: list[int], jobs: Jobs):
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(choices, usage_=None):
-        c = {"id": meta.id, "object": "chat.completion.chunk", "created": meta.created, "model": body.model,
-             "system_fingerprint": None, "choices": choices}
-        if include_usage:
-            c["usage"] = usage_
-        return sse(c)
+        return meta.chunk("chat.completion.chunk", choices, include_usage, usage_)
 
     generated = 0
     pending_lp: dict[int, list] = {i: [] for i in range(body.n)}

@@ -83,11 +83,7 @@ async def _stream(body: CompletionRequest, served, ids, jobs: Jobs):
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(choices, usage_=None):
-        c = {"id": meta.id, "object": "text_completion", "created": meta.created, "model": body.model,
-             "choices": choices, "system_fingerprint": None}
-        if include_usage:
-            c["usage"] = usage_
-        return sse(c)
+        return meta.chunk("text_completion", choices, include_usage, usage_)
 
     generated = 0
     try:

@@ -106,6 +106,15 @@ class Meta:
     def __post_init__(self):
         self.id = f"{self.kind}-{uuid.uuid4().hex[:24]}"
 
+    def chunk(self, obj: str, choices: list, include_usage: bool, usage_: dict | None = None) -> str:
+        """One SSE event of a stream; with include_usage every chunk carries `usage` (null but
+        the last), as OpenAI's streams do."""
+        c = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+             "system_fingerprint": None, "choices": choices}
+        if include_usage:
+            c["usage"] = usage_
+        return sse(c)
+
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
