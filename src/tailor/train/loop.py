@@ -86,7 +86,7 @@ def _steps(s, body, head, params, stop) -> None:
         for micro in step:
             batch = collate(s.data.train, micro, batching=cfg.batching, max_length=cfg.max_length, pad_id=s.pad_id)
             with s.precision.autocast():
-                token_losses, _ = batch_loss(body, head, batch, s.precision.compute)
+                token_losses, _ = batch_loss(body, head, batch, s.precision.compute, accuracy=False)
             (token_losses / n_trained).backward()
             loss_sum += token_losses.item()
             tokens += batch.tokens

@@ -23,7 +23,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """sum_i CE(hidden_i @ W.T + b, target_i), with gradients computed chunk by chunk in forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, compute_dtype):
+    def forward(ctx, hidden, weight, bias, targets, compute_dtype, accuracy=True):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -41,7 +41,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits += bias.float()
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, t[:, None])[:, 0]).sum()
-            correct += (logits.argmax(-1) == t).sum()
+            if accuracy:  # an argmax over the vocabulary: only evaluation reports it
+                correct += (logits.argmax(-1) == t).sum()
             if need_h or need_w or need_b:
                 # d CE / d logits = softmax - onehot, computed in place over the logits buffer
                 g = logits.sub_(lse[:, None]).exp_()
@@ -64,24 +65,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
         saved = list(ctx.saved_tensors)
         grads = [(saved.pop(0) * grad_total).to(dtype) if have else None
                  for have, dtype in zip(ctx.have, ctx.dtypes)]
-        return (*grads, None, None)
+        return (*grads, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         bias: torch.Tensor | None = None, compute_dtype: torch.dtype | None = None):
-    """(sum of token losses, number of correct argmax predictions) for hidden [N, H], targets [N]."""
+                         bias: torch.Tensor | None = None, compute_dtype: torch.dtype | None = None,
+                         accuracy: bool = True):
+    """(sum of token losses, number of correct argmax predictions) for hidden [N, H], targets [N];
+    with accuracy=False the count is skipped and returned as 0."""
     compute_dtype = compute_dtype or hidden.dtype
     if hidden.shape[0] == 0:
         zero = hidden.sum() * 0.0
         return zero.float(), torch.zeros((), dtype=torch.long)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, compute_dtype)
+        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, compute_dtype, accuracy)
     with torch.no_grad():
-        return _LinearCrossEntropy.forward(_NoGradCtx(), hidden, weight, bias, targets, compute_dtype)
+        return _LinearCrossEntropy.forward(_NoGradCtx(), hidden, weight, bias, targets, compute_dtype, accuracy)
 
 
 class _NoGradCtx:
-    needs_input_grad = (False, False, False, False, False)
+    needs_input_grad = (False, False, False, False, False, False)
 
     def save_for_backward(self, *args):
         pass
@@ -100,7 +103,7 @@ def decoder_parts(model, fused: bool = True):
     return (fused and fused_body.wrap(model, body)) or body, base.get_output_embeddings()
 
 
-def batch_loss(body, head, batch, compute_dtype):
+def batch_loss(body, head, batch, compute_dtype, *, accuracy: bool = True):
     """(sum of token losses, correct predictions) for one micro-batch; the caller divides."""
     device = head.weight.device
     out = body(input_ids=batch.input_ids.to(device),
@@ -109,4 +112,4 @@ def batch_loss(body, head, batch, compute_dtype):
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_index.to(device))
     return linear_cross_entropy(picked, head.weight, batch.target_ids.to(device),
-                                getattr(head, "bias", None), compute_dtype)
+                                getattr(head, "bias", None), compute_dtype, accuracy)
