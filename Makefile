@@ -11,8 +11,10 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@# torch first, pinned: on a CPU-only machine this is the local CPU build; an
-	@# unpinned torch pulled in by another package would fetch a multi-GB CUDA build.
+	@# torch first, pinned, and only when .venv has none (a torch you installed there first is
+	@# kept). On this project's machines pip takes a CPU build of 2.13.0 from local disk; elsewhere
+	@# it takes the registry's default wheel for the platform (on Linux x86_64 a CUDA build of
+	@# several GB). Installed first so no other package's looser torch requirement picks one.
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0 2>&1 | grep -v "is ignored" || true
 	@$(PY) -c "import torch" 
 	@$(PIP) install -e '.[test]' 2>&1 | grep -v "is ignored" || true
