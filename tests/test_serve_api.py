@@ -1,8 +1,6 @@
 """The OpenAI-compatible server, driven by the official `openai` client against a real uvicorn
 server on a free 127.0.0.1 port, serving a tiny model and a LoRA adapter on the same base."""
 
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,20 +9,13 @@ import openai
 import pytest
 
 from infer_kit import save_lively, save_lora
+from servekit import serving
 
 KEY = "sk-test-key"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
     from tailor.serve.app import create_app
     from tailor.serve.registry import Registry
 
@@ -33,17 +24,8 @@ def server(tmp_path_factory):
     lora = save_lora(base, root / "lora")
     reg = Registry.load([str(base), str(lora)], ["tiny", "tiny-lora"], dtype="float32", max_batch=8, max_len=256)
     app = create_app(reg, api_key=KEY, max_body=64 * 1024)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started
-    yield f"http://127.0.0.1:{port}", reg
-    srv.should_exit = True
-    thread.join(15)
+    with serving(app) as url:
+        yield url, reg
 
 
 @pytest.fixture(scope="module")

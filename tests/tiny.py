@@ -25,31 +25,35 @@ CORPUS = [
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def make_tokenizer(chat_template: str | None = SMOL_TEMPLATE, extra_special: list[str] = (), vocab_size: int = 512):
+def make_tokenizer(chat_template: str | None = SMOL_TEMPLATE, extra_special: list[str] = (), vocab_size: int = 512,
+                   chatml: bool = True):
+    """chatml=False: a base model's vocabulary, with no <|im_start|>/<|im_end|> (<|endoftext|> ends text)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL + list(extra_special),
+    special = SPECIAL if chatml else SPECIAL[:1]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special + list(extra_special),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(CORPUS * 4, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    bos, eos = ("<|im_start|>", "<|im_end|>") if chatml else ("<|endoftext|>", "<|endoftext|>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos,
+                                   unk_token="<|endoftext|>")
     if chat_template is not None:
         fast.chat_template = chat_template
     return fast
 
 
-def make_model(tokenizer, *, layers: int = 2, hidden: int = 64, seed: int = 0):
+def make_model(tokenizer, *, layers: int = 2, hidden: int = 64, seed: int = 0, tie: bool = True):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=1024, tie_word_embeddings=True,
+                      max_position_embeddings=1024, tie_word_embeddings=tie,
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.pad_token_id)
     model = LlamaForCausalLM(cfg)
@@ -59,8 +63,8 @@ def make_model(tokenizer, *, layers: int = 2, hidden: int = 64, seed: int = 0):
 
 
 def save_tiny(folder: Path, **kw) -> Path:
-    tok = make_tokenizer(**{k: v for k, v in kw.items() if k in ("chat_template", "extra_special")})
-    model = make_model(tok, **{k: v for k, v in kw.items() if k in ("layers", "hidden", "seed")})
+    tok = make_tokenizer(**{k: v for k, v in kw.items() if k in ("chat_template", "extra_special", "chatml")})
+    model = make_model(tok, **{k: v for k, v in kw.items() if k in ("layers", "hidden", "seed", "tie")})
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)

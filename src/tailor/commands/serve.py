@@ -2,7 +2,8 @@
 
 Each REF is a model folder, a LoRA adapter folder (served on top of its base, which is loaded
 once however many adapters use it), a .gguf file, a hub id, or `default`. Clients pick one per
-request with the `model` field; ids are the references as given, or the --name values.
+request with the `model` field; ids are the --name values, else `default`, a hub id as given, or a
+local model's folder name (`RUN-final` / `RUN-checkpoint-N` for a training run's outputs): never a path.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ class ServeConfig:
     """auto (bf16 where the hardware is fast at it), float32 or bfloat16."""
     max_batch: int = 16
     """Most sequences decoded together per base model; more concurrent requests wait their turn."""
+    max_queue: int = 256
+    """Most sequences waiting for a slot per base model; past it, HTTP 429 with Retry-After."""
+    max_n: int = 16
+    """Most choices (`n`) one request may ask for; more is HTTP 400."""
+    max_prompts: int = 16
+    """Most prompts one /v1/completions request may hold; more is HTTP 400."""
     max_len: int | None = None
     """Longest prompt + completion in tokens (default: the model's own context length)."""
     chat_template: str | None = None
@@ -35,13 +42,20 @@ class ServeConfig:
     """Largest request body accepted; larger ones get HTTP 413."""
     shutdown_timeout: float = 10.0
     """Seconds to let in-flight requests finish after SIGTERM before they are cancelled."""
+    state: str | None = None
+    """Folder of the fine-tuning service: uploaded files, jobs, their runs (default: $TAILOR_HOME/service)."""
+    max_upload_mb: int = 512
+    """Largest file accepted by POST /v1/files, in MB; larger ones get HTTP 413."""
+    max_jobs: int = 1
+    """Fine-tuning jobs trained at the same time; the others wait their turn, first come first served."""
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("refs", nargs="*", metavar="REF", default=None,
                         help="Models to serve (default: the embedded SmolLM2-135M-Instruct).")
     parser.add_argument("--name", action="append", dest="names", default=None, metavar="ID",
-                        help="Model id for the REF in the same position (repeat once per REF; default: the REF).")
+                        help="Model id for the REF in the same position (repeat once per REF; default: `default`, "
+                             "the hub id, or the folder's name).")
     config.add_arguments(parser, ServeConfig)
 
 
@@ -51,7 +65,7 @@ def run(args) -> int:
     import uvicorn
     from transformers.utils import logging as hf_logging
 
-    from tailor.serve.app import create_app
+    from tailor.serve.app import Limits, create_app
     from tailor.serve.registry import Registry
 
     skip = ("command", "refs", "names")
@@ -60,9 +74,13 @@ def run(args) -> int:
     hf_logging.disable_progress_bar()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     registry = Registry.load(refs, args.names, dtype=cfg.dtype, max_batch=cfg.max_batch, max_len=cfg.max_len,
-                             chat_template=cfg.chat_template)
+                             chat_template=cfg.chat_template, max_queue=cfg.max_queue)
     api_key = cfg.api_key if cfg.api_key is not None else os.environ.get("TAILOR_API_KEY") or None
-    app = create_app(registry, api_key=api_key, max_body=cfg.max_body_bytes)
+    from tailor.service import Service
+
+    service = Service(cfg.state, max_upload_bytes=cfg.max_upload_mb * 1024 * 1024, max_jobs=cfg.max_jobs)
+    app = create_app(registry, api_key=api_key, max_body=cfg.max_body_bytes, service=service,
+                     limits=Limits(max_n=cfg.max_n, max_prompts=cfg.max_prompts))
     for m in registry.models.values():
         print(f"serving {m.id!r} (context {m.max_len} tokens)", file=sys.stderr)
     print(f"OpenAI-compatible API at http://{cfg.host}:{cfg.port}/v1", file=sys.stderr)

@@ -52,7 +52,6 @@ def type_name(value: Any) -> str:
 
 
 def from_chat(obj: dict, line: int, problems: Problems) -> Conversation | None:
-    before = problems.error_count
     messages = obj.get("messages")
     if not isinstance(messages, list) or not messages:
         what = "missing" if messages is None else (
@@ -64,20 +63,33 @@ def from_chat(obj: dict, line: int, problems: Problems) -> Conversation | None:
         if key not in ("messages", "tools", "parallel_tool_calls", "functions"):
             problems.warning(line, key, "unrecognized_key", f"unknown top-level key {key!r} (ignored)",
                              "remove it, or keep it knowing it is not used")
-    tools = obj.get("tools")
+    return chat_conversation(messages, obj.get("tools"), line, problems)
+
+
+def chat_conversation(messages: list, tools: Any, line: int, problems: Problems, *,
+                      training: bool = True) -> Conversation | None:
+    """OpenAI chat `messages` and `tools` -> the messages the chat template sees, every problem
+    reported with its field path (messages[2].tool_calls[0].function.arguments). Training data
+    and the server's requests both come through here, so a request renders exactly as the same
+    conversation did in training. training=False (a request to answer): no assistant reply is
+    needed, and content may be empty or null."""
+    before = problems.error_count
     if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
         problems.error(line, "tools", "wrong_type", f"tools is a {type_name(tools)}, not a list of objects",
                        'give "tools": [{"type": "function", "function": {...}}]')
         tools = None
-    out = [m for i, raw in enumerate(messages) if (m := _chat_message(raw, f"messages[{i}]", line, problems))]
+    out = [m for i, raw in enumerate(messages)
+           if (m := _chat_message(raw, f"messages[{i}]", line, problems, training))]
     if problems.error_count > before:
         return None
     conv = Conversation(out, line, tools or None)
-    _check_conversation(conv, line, problems, tool_ids=_tool_call_ids(out))
+    if training and not _check_replies(conv, line, problems):
+        return None
+    _check_tool_results(conv, line, problems)
     return conv if problems.error_count == before else None
 
 
-def _chat_message(raw: Any, path: str, line: int, problems: Problems) -> Message | None:
+def _chat_message(raw: Any, path: str, line: int, problems: Problems, training: bool = True) -> Message | None:
     if not isinstance(raw, dict):
         problems.error(line, path, "wrong_type", f"the message is a {type_name(raw)}, not an object",
                        '{"role": ..., "content": ...}')
@@ -97,7 +109,7 @@ def _chat_message(raw: Any, path: str, line: int, problems: Problems) -> Message
         problems.error(line, f"{path}.role", "unrecognized_role", f"unknown role {role!r}",
                        f"use one of {', '.join(ROLES)}")
         return None
-    content = _content_text(raw, path, line, problems)
+    content = _content_text(raw, path, line, problems, training)
     extra = {k: raw[k] for k in ("name", "tool_call_id") if raw.get(k) is not None}
     for k in extra:
         if not isinstance(extra[k], str):
@@ -113,7 +125,7 @@ def _chat_message(raw: Any, path: str, line: int, problems: Problems) -> Message
                        "move tool_calls to an assistant message")
         ok = False
     train = _weight(raw, role, path, line, problems)
-    if content is None and not extra.get("tool_calls"):
+    if content is None and not extra.get("tool_calls") and (training or raw.get("content") is not None):
         if "content" not in raw:
             problems.error(line, f"{path}.content", "message_missing_key", "the message has no content",
                            'add "content": "..."')
@@ -123,7 +135,7 @@ def _chat_message(raw: Any, path: str, line: int, problems: Problems) -> Message
     return Message(role, content or "", train, extra)
 
 
-def _content_text(raw: dict, path: str, line: int, problems: Problems) -> str | None:
+def _content_text(raw: dict, path: str, line: int, problems: Problems, training: bool = True) -> str | None:
     """The message text: a string, or a list of text parts joined. None when absent or invalid."""
     content = raw.get("content")
     if content is None:
@@ -143,7 +155,7 @@ def _content_text(raw: dict, path: str, line: int, problems: Problems) -> str | 
         problems.error(line, f"{path}.content", "wrong_type", f"content is a {type_name(content)}, not a string",
                        "make content a string (or a list of text parts)")
         return None
-    if not content.strip() and not raw.get("tool_calls"):
+    if training and not content.strip() and not raw.get("tool_calls"):
         problems.error(line, f"{path}.content", "missing_content", "content is empty",
                        "write the message text, or remove the message")
         return None
@@ -202,16 +214,23 @@ def _tool_call_ids(messages: list[Message]) -> set:
     return {c.get("id") for m in messages for c in m.extra.get("tool_calls") or () if c.get("id")}
 
 
-def _check_conversation(conv: Conversation, line: int, problems: Problems, tool_ids: set = frozenset()) -> None:
-    """Checks on the whole conversation: something to learn, and tool results that answer a call."""
+def _check_replies(conv: Conversation, line: int, problems: Problems) -> bool:
+    """Training needs something to learn: an assistant message, at least one with weight 1.
+    False when there is no assistant message at all (nothing else is worth checking then)."""
     assistants = [m for m in conv.messages if m.role == "assistant"]
     if not assistants:
         problems.error(line, "messages", "example_missing_assistant_message", "no assistant message",
                        "add the assistant reply the model should learn")
-        return
+        return False
     if not any(m.train for m in assistants):
         problems.error(line, "messages", "nothing_to_train", "every assistant message has weight 0: nothing to learn",
                        "set weight 1 on at least one assistant message")
+    return True
+
+
+def _check_tool_results(conv: Conversation, line: int, problems: Problems) -> None:
+    """Every tool result answers an earlier call (by tool_call_id when it gives one)."""
+    tool_ids = _tool_call_ids(conv.messages)
     called = False
     for i, m in enumerate(conv.messages):
         if m.role == "assistant" and m.extra.get("tool_calls"):
@@ -297,7 +316,7 @@ def from_sharegpt(obj: dict, line: int, problems: Problems) -> Conversation | No
     if problems.error_count > before:
         return None
     conv = Conversation(messages, line)
-    _check_conversation(conv, line, problems)
+    _check_replies(conv, line, problems)
     return conv if problems.error_count == before else None
 
 

@@ -100,10 +100,11 @@ def add_special_tokens(tokenizer, tokens: list[str]) -> list[str]:
     return missing
 
 
-def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of `messages` followed by the assistant's turn opening, ready to generate."""
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                              return_dict=False))
+def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    """Token ids of `messages` followed by the assistant's turn opening, ready to generate. `tools`
+    (OpenAI function definitions) reach the template as training's renderer passes them."""
+    return list(tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
+                                              tokenize=True, return_dict=False))
 
 
 def end_of_turn_text(tokenizer) -> str | None:

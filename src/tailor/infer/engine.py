@@ -21,10 +21,14 @@ from dataclasses import dataclass, field
 import torch
 
 from tailor.infer.detok import TextStream
-from tailor.infer.sampling import Choice, SamplingParams, make_generator, prompt_logprobs, sample_batch
+from tailor.infer.sampling import Choice, RowLogits, SamplingParams, make_generator, prompt_logprobs, sample_batch
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
+
+
+class QueueFull(Exception):
+    """The engine already holds as many requests as it may; the caller should retry later."""
 
 
 @dataclass
@@ -62,12 +66,14 @@ class Request:
 
 
 class Engine:
-    def __init__(self, backend, tokenizer=None, max_batch: int = 16):
+    def __init__(self, backend, tokenizer=None, max_batch: int = 16, max_queue: int | None = None):
         """`backend` has prefill/decode (see infer.llama.LlamaForward); `tokenizer` (optional)
-        gives events their text and enables stop strings."""
+        gives events their text and enables stop strings. `max_queue` bounds the requests
+        waiting for a slot (None: unbounded); past it `submit` raises QueueFull."""
         self.backend = backend
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.max_queue = max_queue
         self.max_len = backend.max_len
         self._free = list(range(max_batch))
         self._incoming: queue.SimpleQueue[Request] = queue.SimpleQueue()
@@ -77,18 +83,23 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._lock = threading.Lock()  # one step at a time, whoever drives it
+        self._submit_lock = threading.Lock()
 
     # -- the public surface -------------------------------------------------------------------
 
     def submit(self, req: Request) -> Request:
-        """Queue a request (thread-safe). Raises ValueError when the prompt cannot fit."""
+        """Queue a request (thread-safe). Raises ValueError when the prompt cannot fit,
+        QueueFull when `capacity` requests are already running or waiting."""
         if not req.prompt:
             raise ValueError("the prompt is empty")
         if len(req.prompt) >= self.max_len:
             raise ValueError(f"the prompt has {len(req.prompt)} tokens; this model's context is {self.max_len}")
         if self._stopping:
             raise RuntimeError("the engine is shutting down")
-        self._incoming.put(req)
+        with self._submit_lock:  # check and enqueue as one, or two callers could both take the last place
+            if self.capacity is not None and self.busy >= self.capacity:
+                raise QueueFull(f"{self.max_batch} requests are running and {self.max_queue} waiting")
+            self._incoming.put(req)
         self._wake.set()
         return req
 
@@ -137,6 +148,11 @@ class Engine:
     def busy(self) -> int:
         return len(self._active) + len(self._waiting) + self._incoming.qsize()
 
+    @property
+    def capacity(self) -> int | None:
+        """Most requests held at once (running plus waiting), or None when unbounded."""
+        return None if self.max_queue is None else self.max_batch + self.max_queue
+
     # -- the loop -----------------------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -149,7 +165,8 @@ class Engine:
         return list(self._active) + list(self._waiting)
 
     def step(self) -> bool:
-        """Admit new requests, then decode one token for every running one. False when idle."""
+        """Admit new requests, then decode one token for every running one. False when idle.
+        A request whose prefill, forward or sampling raises fails alone; the others go on."""
         with self._lock:
             while True:
                 try:
@@ -162,36 +179,82 @@ class Engine:
                 self._admit()
                 if self._active:
                     self._decode()
-            except Exception as exc:  # a failed forward fails its batch, never the engine
+            except Exception as exc:  # a bug outside any one request's work: fail them all, keep the engine
                 log.exception("generation step failed")
                 for req in self._all():
                     self._finish(req, "error", error=f"{type(exc).__name__}: {exc}")
             return bool(self._active or self._waiting)
+
+    def _fail(self, req: Request, exc: Exception) -> None:
+        log.error("engine request %s failed", req.id, exc_info=exc)
+        self._finish(req, "error", error=f"{type(exc).__name__}: {exc} (engine request {req.id})")
 
     def _admit(self) -> None:
         while self._waiting and self._free:
             req = self._waiting.popleft()
             req.slot = heapq.heappop(self._free)
             self._active.append(req)
-            p = req.params
-            req.generator = make_generator(p.seed, getattr(self.backend, "device", "cpu"))
-            tokenizer = req.tokenizer or self.tokenizer
-            if tokenizer is not None:
-                req.text = TextStream(tokenizer, p.stop)
-            logits = self.backend.prefill(req.slot, req.prompt, req.adapter, all_logits=p.prompt_logprobs)
-            if p.prompt_logprobs:
-                req.prompt_logprobs = prompt_logprobs(logits, req.prompt, p.top_logprobs)
-                logits = logits[-1]
-            self._accept(req, sample_batch(logits[None], [p], [req.generator])[0])
+            try:
+                self._prefill(req)
+            except Exception as exc:
+                self._fail(req, exc)
+
+    def _prefill(self, req: Request) -> None:
+        p = req.params
+        req.generator = make_generator(p.seed, getattr(self.backend, "device", "cpu"))
+        tokenizer = req.tokenizer or self.tokenizer
+        if tokenizer is not None:
+            req.text = TextStream(tokenizer, p.stop)
+        logits = self.backend.prefill(req.slot, req.prompt, req.adapter, all_logits=p.prompt_logprobs)
+        if p.prompt_logprobs:
+            rows = logits if isinstance(logits, RowLogits) else RowLogits.of(logits)
+            with torch.inference_mode():  # rows are made on demand from the prefill's inference tensors
+                req.prompt_logprobs = prompt_logprobs(rows, req.prompt, p.top_logprobs)
+                logits = rows.last()
+        self._sample([req], logits[None])
 
     def _decode(self) -> None:
         batch = sorted(self._active, key=lambda r: r.slot)
-        logits = self.backend.decode([r.slot for r in batch], [r.tokens[-1] for r in batch],
-                                     [len(r.prompt) + len(r.tokens) - 1 for r in batch],
-                                     [r.adapter for r in batch])
-        choices = sample_batch(logits, [r.params for r in batch], [r.generator for r in batch])
+        try:
+            logits = self._forward(batch)
+        except Exception:
+            # Find the culprit: rerun the rows one by one. A backend writes a step's keys at the
+            # step's own position (infer.llama indexes its cache; infer.hf_backend first drops
+            # what a failed try appended), so a retry repeats work but changes nothing.
+            log.warning("a decode step of %d requests failed; retrying them one by one", len(batch))
+            for req in batch:
+                try:
+                    logits = self._forward([req])
+                except Exception as exc:
+                    self._fail(req, exc)
+                    continue
+                self._sample([req], logits)
+            return
+        self._sample(batch, logits)
+
+    def _forward(self, batch: list[Request]) -> torch.Tensor:
+        return self.backend.decode([r.slot for r in batch], [r.tokens[-1] for r in batch],
+                                   [len(r.prompt) + len(r.tokens) - 1 for r in batch],
+                                   [r.adapter for r in batch])
+
+    def _sample(self, batch: list[Request], logits: torch.Tensor) -> None:
+        """Sample the whole batch at once; if that raises, row by row so only the bad row fails."""
+        try:
+            choices = sample_batch(logits, [r.params for r in batch], [r.generator for r in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                return self._fail(batch[0], exc)
+            for i, req in enumerate(batch):
+                self._sample([req], logits[i:i + 1])
+            return
         for req, choice in zip(batch, choices):
-            self._accept(req, choice)
+            if choice.error is not None:
+                self._fail(req, choice.error)
+                continue
+            try:
+                self._accept(req, choice)
+            except Exception as exc:  # e.g. the tokenizer cannot decode the token
+                self._fail(req, exc)
 
     def _accept(self, req: Request, choice: Choice) -> None:
         """Record a sampled token, tell the client, and finish the request if it is done."""

@@ -27,9 +27,13 @@ class HFForward:
     @torch.inference_mode()
     def decode(self, slots, tokens, positions, adapters=None) -> torch.Tensor:
         rows = []
-        for slot, token in zip(slots, tokens):
+        for slot, token, pos in zip(slots, tokens, positions):
+            cache = self.caches[slot]
+            extra = cache.get_seq_length() - pos
+            if extra > 0:  # a step retried after a failure: drop what the failed try appended
+                cache.crop(-extra)  # a negative count means "remove this many" in transformers 4 and 5
             out = self.model(input_ids=torch.tensor([[token]], device=self.device),
-                             past_key_values=self.caches[slot], use_cache=True, logits_to_keep=1)
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
             self.caches[slot] = out.past_key_values
             rows.append(out.logits[0, -1].float())
         return torch.stack(rows)

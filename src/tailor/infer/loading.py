@@ -52,6 +52,32 @@ def load_hf_model(folder: Path, dtype: str = "auto", device: str | None = None):
     return model.to(device).eval()
 
 
+def fit_embeddings(model, tokenizer, *, shared: bool = False) -> None:
+    """Grow the model's embeddings so every tokenizer id has a row. The chat template fallback
+    (data.templates.ensure_chat_template) adds its markers as tokens, and an adapter may have been
+    trained with added tokens; their new rows start as the mean of the others (transformers'
+    default), so an untrained base still runs. `shared`: the base already backs an engine whose
+    forward holds the old table, so a longer tokenizer is refused instead."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) <= rows:
+        return
+    if shared:
+        raise TailorError(f"A model's tokenizer has {len(tokenizer)} tokens, but its base, already loaded for a "
+                          f"model listed before it, has {rows} embedding rows (the chat template fallback or an "
+                          "adapter's training added tokens). List the model with the larger tokenizer first, or "
+                          "serve it with its own `tailor serve`.")
+    model.resize_token_embeddings(len(tokenizer))
+
+
+def embedding_rows(backend) -> int:
+    """How many token ids the backend's model can embed: the valid range of a prompt's ids (the
+    table may be padded past the tokenizer, never shorter once fit_embeddings ran)."""
+    embed = getattr(backend, "embed", None)
+    if embed is not None:
+        return embed.shape[0]
+    return backend.model.get_input_embeddings().num_embeddings
+
+
 def context_length(config, max_len: int | None = None) -> int:
     """The longest sequence to serve: the model's own limit, capped by `max_len`."""
     limit = getattr(config, "max_position_embeddings", None) or 2048
@@ -105,8 +131,7 @@ def merged_adapter_model(adapter: Path, base_folder: Path, tokenizer, dtype: str
     from peft import PeftModel
 
     model = load_hf_model(base_folder, dtype, device)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))  # the adapter was trained with added tokens
+    fit_embeddings(model, tokenizer)
     try:
         return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
     except Exception as exc:
@@ -144,6 +169,7 @@ def load_engine(ref, *, dtype: str = "auto", device: str | None = None, max_batc
     if src.kind != "adapter":
         folder = models.local_folder(ref)
         model = load_hf_model(folder, dtype, device)
+        fit_embeddings(model, tokenizer)
         backend = make_backend(model, context_length(model.config, max_len))
         return Loaded(Engine(backend, tokenizer, max_batch), tokenizer, 0,
                       stop_ids(tokenizer, [folder], model), warning)
@@ -159,6 +185,7 @@ def adapter_backend(adapter: Path, base: Path, tokenizer, dtype, device, max_len
     lora = read_lora(adapter)
     if lora is not None:
         model = load_hf_model(base, dtype, device)
+        fit_embeddings(model, tokenizer)
         backend = make_backend(model, context_length(model.config, max_len))
         if hasattr(backend, "lora_capable"):
             backend.add_lora(1, lora.pairs)

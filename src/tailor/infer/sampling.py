@@ -3,15 +3,20 @@ per-request seeds, and the log-probabilities a client asked for."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+# Below this a temperature is greedy: logits / 1e-40 overflow to inf, softmax gives NaN and
+# multinomial raises (vLLM uses the same cut).
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
 class SamplingParams:
     max_new_tokens: int = 256
-    temperature: float = 1.0  # 0 = greedy
+    temperature: float = 1.0  # 0 (or anything below GREEDY_BELOW) = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k cut
     seed: int | None = None
@@ -29,12 +34,31 @@ class Choice:
     token: int
     logprob: float | None = None
     top: list[tuple[int, float]] | None = None
+    error: Exception | None = None  # this row's sampling raised; `token` is then meaningless
+
+
+@dataclass
+class RowLogits:
+    """Every prompt position's logits, made a block of rows at a time: a long prompt's [T, V]
+    float32 (gigabytes for a 150k vocabulary) never exists at once. rows(a, b) -> [b - a, V]."""
+
+    rows: Callable[[int, int], torch.Tensor]
+    length: int
+
+    @classmethod
+    def of(cls, logits: torch.Tensor) -> RowLogits:
+        return cls(lambda a, b: logits[a:b].float(), logits.shape[0])
+
+    def last(self) -> torch.Tensor:
+        return self.rows(self.length - 1, self.length)[0]
 
 
 def make_generator(seed: int | None, device) -> torch.Generator | None:
     if seed is None:
         return None
-    return torch.Generator(device=device).manual_seed(seed)
+    # torch takes [-2**63, 2**64) and reads negatives as two's complement: the modulo keeps
+    # every seed it accepts as it was, and makes seed + choice index never overflow
+    return torch.Generator(device=device).manual_seed(seed % 2**64)
 
 
 def _sample_one(logits: torch.Tensor, p: SamplingParams, generator) -> torch.Tensor:
@@ -58,20 +82,24 @@ def sample_batch(logits: torch.Tensor, params: list[SamplingParams],
     once at the end, so a step costs one sync however large the batch."""
     logits = logits.float()
     picked = logits.argmax(-1)
-    sampled = [i for i, p in enumerate(params) if p.temperature > 0]
+    sampled = [i for i, p in enumerate(params) if p.temperature >= GREEDY_BELOW]
+    failed: dict[int, Exception] = {}
     if sampled:
         picked = picked.clone()
         for i in sampled:
-            picked[i] = _sample_one(logits[i], params[i], generators[i])
-    want = [i for i, p in enumerate(params) if p.logprobs or p.top_logprobs]
+            try:  # one row's failure is its own; the others (and their seeded generators) go on
+                picked[i] = _sample_one(logits[i], params[i], generators[i])
+            except Exception as exc:
+                failed[i] = exc
+    want = [i for i, p in enumerate(params) if (p.logprobs or p.top_logprobs) and i not in failed]
     if not want:
-        return [Choice(t) for t in picked.tolist()]
+        return [Choice(t, error=failed.get(i)) for i, t in enumerate(picked.tolist())]
     lp = torch.log_softmax(logits[want], -1)
     chosen = lp.gather(1, picked[want][:, None])[:, 0].tolist()
     k = max(params[i].top_logprobs for i in want)
     top_v, top_i = (lp.topk(k, -1) if k else (lp[:, :0], lp[:, :0].long()))
     top_v, top_i = top_v.tolist(), top_i.tolist()
-    out = [Choice(t) for t in picked.tolist()]
+    out = [Choice(t, error=failed.get(i)) for i, t in enumerate(picked.tolist())]
     for row, i in enumerate(want):
         n = params[i].top_logprobs
         out[i].logprob = chosen[row]
@@ -79,17 +107,23 @@ def sample_batch(logits: torch.Tensor, params: list[SamplingParams],
     return out
 
 
-def prompt_logprobs(logits: torch.Tensor, ids: list[int], top: int) -> list[Choice | None]:
+def prompt_logprobs(logits: RowLogits, ids: list[int], top: int, block: int = 256) -> list[Choice | None]:
     """Log-probabilities of each prompt token given the ones before it (None for the first),
-    from the prefill's logits [T, V]."""
-    lp = torch.log_softmax(logits[:-1].float(), -1)
-    target = torch.tensor(ids[1:], device=lp.device)
-    chosen = lp.gather(1, target[:, None])[:, 0].tolist()
-    tv, ti = lp.topk(top, -1) if top else (lp[:, :0], lp[:, :0].long())
-    tv, ti = tv.tolist(), ti.tolist()
-    return [None] + [Choice(t, c, list(zip(i, v))) for t, c, i, v in zip(ids[1:], chosen, ti, tv)]
+    `block` positions at a time, so memory is [block, V] whatever the prompt's length."""
+    out: list[Choice | None] = [None]
+    for a in range(0, len(ids) - 1, block):
+        b = min(a + block, len(ids) - 1)
+        lp = torch.log_softmax(logits.rows(a, b), -1)
+        target = torch.tensor(ids[a + 1:b + 1], device=lp.device)
+        chosen = lp.gather(1, target[:, None])[:, 0].tolist()
+        tv, ti = lp.topk(top, -1) if top else (lp[:, :0], lp[:, :0].long())
+        out += [Choice(t, c, list(zip(i, v))) for t, c, i, v in zip(ids[a + 1:b + 1], chosen, ti.tolist(), tv.tolist())]
+    return out
 
 
 def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
     """One token id from a 1-D logits vector."""
-    return sample_batch(logits[None], [p], [generator])[0].token
+    choice = sample_batch(logits[None], [p], [generator])[0]
+    if choice.error is not None:
+        raise choice.error
+    return choice.token

@@ -10,17 +10,35 @@ from __future__ import annotations
 import hmac
 import json
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tailor.serve import chat, completions, errors
-from tailor.serve.errors import model_not_found
+from tailor.serve.errors import APIError, model_not_found
 from tailor.serve.registry import Registry
 from tailor.serve.schemas import ChatRequest, CompletionRequest
+from tailor.serve.stream import off_loop
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 _OPEN_PATHS = {"/health"}
+
+
+@dataclass
+class Limits:
+    """The most work one request may ask for; past it, a 400 that names the field. (How many
+    requests may wait for a slot is the engine's max_queue: past that, a 429.)"""
+
+    max_n: int = 16
+    max_prompts: int = 16
+
+    def check(self, n: int, prompts: int = 1) -> None:
+        if n > self.max_n:
+            raise APIError(400, f"n is {n}; this server returns at most {self.max_n} choices per request.", param="n")
+        if prompts > self.max_prompts:
+            raise APIError(400, f"The request holds {prompts} prompts; this server accepts at most "
+                                f"{self.max_prompts} per request.", param="prompt")
 
 
 class Guard:
@@ -28,19 +46,22 @@ class Guard:
     checked before FastAPI reads anything. The body is read here, at most `max_body` bytes,
     and replayed to the app."""
 
-    def __init__(self, app, api_key: str | None, max_body: int):
+    def __init__(self, app, api_key: str | None, max_body: int, upload_body: int | None = None):
         self.app, self.api_key, self.max_body = app, api_key, max_body
+        self.upload_body = upload_body  # POST /v1/files has its own, larger cap (--max-upload-mb)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        send = _with_header(send, b"x-request-id", errors.new_request_id().encode())
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if self.api_key is not None and scope["path"] not in _OPEN_PATHS and not self._authorized(headers):
             return await _reply(send, 401, "Incorrect API key provided. Pass it as 'Authorization: Bearer KEY'.",
                                 "invalid_api_key")
+        limit = self.upload_body if self.upload_body and scope["path"] == "/v1/files" else self.max_body
         length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
-            return await _reply(send, 413, f"The request body is larger than {self.max_body} bytes.", "request_too_large")
+        if length.isdigit() and int(length) > limit:
+            return await _reply(send, 413, f"The request body is larger than {limit} bytes.", "request_too_large")
         body, more = b"", True
         while more:
             message = await receive()
@@ -48,8 +69,8 @@ class Guard:
                 return  # the client left before sending its body
             body += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > self.max_body:
-                return await _reply(send, 413, f"The request body is larger than {self.max_body} bytes.",
+            if len(body) > limit:
+                return await _reply(send, 413, f"The request body is larger than {limit} bytes.",
                                     "request_too_large")
         replayed = False
 
@@ -68,6 +89,14 @@ class Guard:
         return hmac.compare_digest(token.encode(), self.api_key.encode())
 
 
+def _with_header(send, name: bytes, value: bytes):
+    async def wrapped(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (name, value)]}
+        await send(message)
+    return wrapped
+
+
 async def _reply(send, status: int, message: str, code: str) -> None:
     body = json.dumps(errors.envelope(message, "invalid_request_error", None, code)).encode()
     await send({"type": "http.response.start", "status": status,
@@ -75,7 +104,10 @@ async def _reply(send, status: int, message: str, code: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(registry: Registry, *, api_key: str | None = None, max_body: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(registry: Registry, *, api_key: str | None = None, max_body: int = MAX_BODY_BYTES,
+               service=None, limits: Limits | None = None) -> FastAPI:
+    limits = limits or Limits()
+
     @asynccontextmanager
     async def lifespan(app):
         registry.start()
@@ -86,8 +118,13 @@ def create_app(registry: Registry, *, api_key: str | None = None, max_body: int 
 
     app = FastAPI(title="tailor", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     errors.install(app)
-    app.add_middleware(Guard, api_key=api_key, max_body=max_body)
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body,
+                       upload_body=service.max_upload_bytes + 65536 if service is not None else None)
     app.state.registry = registry
+    if service is not None:  # the Files and Fine-tuning jobs routes (tailor.serve.finetune)
+        from tailor.serve import finetune
+
+        finetune.install(app, service, registry)
 
     def served(model_id: str):
         m = registry.get(model_id)
@@ -96,8 +133,8 @@ def create_app(registry: Registry, *, api_key: str | None = None, max_body: int 
         return m
 
     @app.get("/health")
-    async def health():
-        return {"status": "ok", "models": list(registry.models)}
+    async def health():  # open to anyone: behind a key it tells nothing about what is served
+        return {"status": "ok"} if api_key is not None else {"status": "ok", "models": list(registry.models)}
 
     @app.get("/v1/models")
     async def list_models(after: str | None = None):
@@ -115,15 +152,18 @@ def create_app(registry: Registry, *, api_key: str | None = None, max_body: int 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         model = served(body.model)
+        limits.check(body.n)
         if body.stream:
-            return StreamingResponse(chat.stream_setup(body, model), media_type="text/event-stream")
+            return StreamingResponse(await off_loop(chat.stream_setup, body, model), media_type="text/event-stream")
         return JSONResponse(await chat.complete(body, model, request))
 
     @app.post("/v1/completions")
     async def legacy_completions(body: CompletionRequest, request: Request):
         model = served(body.model)
+        limits.check(body.n, completions.prompt_count(body))
         if body.stream:
-            return StreamingResponse(completions.stream_setup(body, model), media_type="text/event-stream")
+            return StreamingResponse(await off_loop(completions.stream_setup, body, model),
+                                     media_type="text/event-stream")
         return JSONResponse(await completions.complete(body, model, request))
 
     return app

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from tailor.serve.errors import APIError
 from tailor.serve.schemas import CompletionRequest
-from tailor.serve.stream import (Jobs, Meta, check_error, collect, completion_budget, reason, sampling_params, sse,
-                                 token_text, usage)
+from tailor.serve.stream import (Jobs, Meta, check_error, collect, completion_budget, error_event, off_loop, reason,
+                                 sampling_params, sse, token_text, usage)
+
+
+def prompt_count(body: CompletionRequest) -> int:
+    """How many prompts the request holds, without tokenising anything."""
+    p = body.prompt
+    return 1 if isinstance(p, str) or not p or isinstance(p[0], int) else len(p)
 
 
 def prompts(body: CompletionRequest, served) -> list[list[int]]:
-    """Token ids of each prompt; ids given directly must exist in the vocabulary."""
+    """Token ids of each prompt; ids given directly must index the model's embedding table."""
     p = body.prompt
     if isinstance(p, str):
         p = [p]
@@ -18,8 +24,10 @@ def prompts(body: CompletionRequest, served) -> list[list[int]]:
         raise APIError(400, "The prompt is empty.", param="prompt")
     if isinstance(p[0], int):
         p = [p]
+    from tailor.infer.loading import embedding_rows
+
     out = []
-    vocab = len(served.tokenizer)
+    vocab = embedding_rows(served.engine.backend)  # the model's table, maybe padded past the tokenizer
     for i, item in enumerate(p):
         ids = served.tokenizer.encode(item, add_special_tokens=True) if isinstance(item, str) else list(item)
         if not ids:
@@ -30,23 +38,26 @@ def prompts(body: CompletionRequest, served) -> list[list[int]]:
     return out
 
 
-def _jobs(body: CompletionRequest, served):
+def _jobs(body: CompletionRequest, served, stream: bool = False):
     ids = prompts(body, served)
     jobs = []
     top = body.logprobs or 0
+    # a prompt's log-probabilities are the same for all its choices: the first computes them;
+    # a stream's echo chunk carries none
+    echo_lp = body.echo and body.logprobs is not None and not stream
     for p in ids:
         budget = completion_budget(served, len(p), body.max_tokens, "prompt")
         for j in range(body.n):
             jobs.append((p, sampling_params(body, served, len(p), budget, j, logprobs=body.logprobs is not None,
-                                            top_logprobs=top, echo_logprobs=body.echo and body.logprobs is not None)))
+                                            top_logprobs=top, echo_logprobs=echo_lp and j == 0)))
     return ids, Jobs(served, jobs)
 
 
-def _logprobs(served, req, events, echo: bool, offset0: int = 0) -> dict:
+def _logprobs(served, req, events, echo: bool, offset0: int = 0, prompt_lp=None) -> dict:
     tok = served.tokenizer
     entries = []
-    if echo and req.prompt_logprobs:
-        entries += [(t, c.logprob if c else None, c.top if c else None) for t, c in zip(req.prompt, req.prompt_logprobs)]
+    if echo and prompt_lp:
+        entries += [(t, c.logprob if c else None, c.top if c else None) for t, c in zip(req.prompt, prompt_lp)]
     entries += [(e.token, e.logprob, e.top_logprobs) for e in events if e.token is not None]
     tokens, offsets, pos = [], [], offset0
     for t, _, _ in entries:
@@ -58,7 +69,7 @@ def _logprobs(served, req, events, echo: bool, offset0: int = 0) -> dict:
 
 
 async def complete(body: CompletionRequest, served, http_request) -> dict:
-    ids, jobs = _jobs(body, served)
+    ids, jobs = await off_loop(_jobs, body, served)
     results = await collect(jobs, http_request)
     meta = Meta("cmpl", body.model)
     choices, generated = [], 0
@@ -68,13 +79,15 @@ async def complete(body: CompletionRequest, served, http_request) -> dict:
         prefix = served.tokenizer.decode(req.prompt, skip_special_tokens=True) if body.echo else ""
         finish = next((e.finish_reason for e in events if e.finish_reason), "stop")
         choices.append({"index": i, "text": prefix + "".join(e.text for e in events), "finish_reason": reason(finish),
-                        "logprobs": _logprobs(served, req, events, body.echo) if body.logprobs is not None else None})
+                        "logprobs": _logprobs(served, req, events, body.echo,
+                                              prompt_lp=jobs.requests[i - i % body.n].prompt_logprobs)
+                        if body.logprobs is not None else None})
     return {"id": meta.id, "object": "text_completion", "created": meta.created, "model": body.model,
             "choices": choices, "usage": usage(sum(len(p) for p in ids), generated), "system_fingerprint": None}
 
 
 def stream_setup(body: CompletionRequest, served):
-    ids, jobs = _jobs(body, served)
+    ids, jobs = _jobs(body, served, stream=True)
     return _stream(body, served, ids, jobs)
 
 
@@ -94,8 +107,7 @@ async def _stream(body: CompletionRequest, served, ids, jobs: Jobs):
         while jobs.pending:
             i, event = await jobs.next()
             if event.finish_reason == "error":
-                yield sse({"error": {"message": f"Generation failed: {event.error}", "type": "server_error",
-                                     "param": None, "code": None}})
+                yield error_event(event)
                 return
             generated += event.token is not None
             lp = None

@@ -1,10 +1,13 @@
 """OpenAI's error envelope, and the handlers that put every failure into it: validation
 errors become 400 with the offending `param` (never FastAPI's 422 format), unknown routes 404,
-anything unexpected 500 without a traceback leaking to the client."""
+anything unexpected 500 without a traceback leaking to the client. Every response carries an
+`x-request-id`; server-side failures are logged under it and the client sees only the id."""
 
 from __future__ import annotations
 
 import logging
+import uuid
+from contextvars import ContextVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -12,13 +15,37 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
+_request_id: ContextVar[str] = ContextVar("tailor_request_id", default="req_unknown")
+
+
+def new_request_id() -> str:
+    """A fresh id for the HTTP request being handled (set by the app's middleware)."""
+    rid = f"req_{uuid.uuid4().hex}"
+    _request_id.set(rid)
+    return rid
+
+
+def request_id() -> str:
+    return _request_id.get()
+
+
+def failure_message() -> str:
+    """What a client learns of a server-side failure: that it happened, and the id to quote."""
+    return f"The server had an error while processing your request (request id {request_id()})."
+
+
+def server_failure(detail: str) -> str:
+    """Log what went wrong under the request id; return what the client may see."""
+    log.error("request %s failed: %s", request_id(), detail)
+    return failure_message()
 
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
 
     def body(self) -> dict:
         return envelope(self.message, self.type, self.param, self.code)
@@ -62,7 +89,7 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
 
 
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -76,8 +103,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "The server had an error while processing your request.", type_="server_error")
+    log.exception("request %s: unhandled error on %s %s", request_id(), request.method, request.url.path)
+    # this handler answers outside the middleware that adds the header, so it adds it itself
+    return JSONResponse(envelope(failure_message(), "server_error"), status_code=500,
+                        headers={"x-request-id": request_id()})
 
 
 def install(app) -> None:

@@ -5,6 +5,7 @@ mix the base and several adapters."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 from tailor.errors import UsageError
 
 log = logging.getLogger(__name__)
+_RUN_OUTPUT = re.compile(r"(final|checkpoint-\d+)")  # the folders `tailor train --out RUN` writes
 
 
 @dataclass
@@ -23,13 +25,14 @@ class ServedModel:
     stop_ids: list[int]
     created: int = field(default_factory=lambda: int(time.time()))
     warning: str | None = None
+    owned_by: str = "tailor"
 
     @property
     def max_len(self) -> int:
         return self.engine.max_len
 
     def card(self) -> dict:
-        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "tailor"}
+        return {"id": self.id, "object": "model", "created": self.created, "owned_by": self.owned_by}
 
 
 @dataclass
@@ -43,11 +46,16 @@ class Registry:
     def __init__(self):
         self.models: dict[str, ServedModel] = {}
         self.engines: list = []
+        self.refs: dict[str, str] = {}  # model id -> the reference it was loaded from
+        self._started = False
+        # what add() needs to load more models into the same engines: bases, options, template
+        self._later = ({}, dict(dtype="auto", device=None, max_batch=16, max_len=None, max_queue=None), None)
 
     def get(self, model_id: str) -> ServedModel | None:
         return self.models.get(model_id)
 
     def start(self) -> None:
+        self._started = True
         for engine in self.engines:
             engine.start()
 
@@ -58,21 +66,32 @@ class Registry:
     @classmethod
     def load(cls, refs: list[str], names: list[str] | None = None, *, dtype: str = "auto",
              device: str | None = None, max_batch: int = 16, max_len: int | None = None,
-             chat_template: str | None = None) -> Registry:
-        """Load every reference; adapters share their base's weights and engine."""
-        names = list(names or [])
-        if len(names) > len(refs):
-            raise UsageError(f"{len(names)} --name values for {len(refs)} models; give at most one name per model.")
-        ids = [names[i] if i < len(names) else ref.rstrip("/") for i, ref in enumerate(refs)]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise UsageError(f"Model id(s) {', '.join(dupes)} given twice; set distinct ids with --name.")
+             chat_template: str | None = None, max_queue: int | None = None) -> Registry:
+        """Load every reference; adapters share their base's weights and engine. `max_queue`
+        bounds each engine's waiting requests (None: unbounded)."""
+        ids = model_ids(refs, names)
         reg = cls()
         bases: dict[Path, _Base] = {}
-        opts = dict(dtype=dtype, device=device, max_batch=max_batch, max_len=max_len)
+        opts = dict(dtype=dtype, device=device, max_batch=max_batch, max_len=max_len, max_queue=max_queue)
+        reg._later = (bases, opts, chat_template)
         for ref, model_id in zip(refs, ids):
             reg.models[model_id] = reg._load_one(ref, model_id, bases, opts, chat_template)
+            reg.refs[model_id] = ref
         return reg
+
+    def add(self, ref: str, model_id: str, *, owned_by: str = "tailor") -> ServedModel:
+        """Serve one more model while running (a fine-tune that just finished): an adapter joins
+        its base's engine if that base is loaded; anything else gets an engine, started now if
+        the registry is running."""
+        n_engines = len(self.engines)
+        m = self._load_one(ref, model_id, *self._later)
+        m.owned_by = owned_by
+        if self._started:
+            for engine in self.engines[n_engines:]:
+                engine.start()
+        # swap in new dicts rather than insert: request handlers may be iterating the old ones
+        self.models, self.refs = {**self.models, model_id: m}, {**self.refs, model_id: ref}
+        return m
 
     def _load_one(self, ref, model_id, bases, opts, chat_template) -> ServedModel:
         from tailor import models
@@ -111,7 +130,9 @@ class Registry:
         key = Path(folder).resolve()
         if key not in bases:
             model = loading.load_hf_model(key, opts["dtype"], opts["device"])
+            loading.fit_embeddings(model, tokenizer)  # the chatml fallback may have added tokens
             bases[key] = _Base(self._engine(model, tokenizer, opts), model)
+        loading.fit_embeddings(bases[key].model, tokenizer, shared=True)  # refuses ids past its table
         return bases[key]
 
     def _engine(self, model, tokenizer, opts):
@@ -119,6 +140,39 @@ class Registry:
         from tailor.infer.engine import Engine
 
         backend = loading.make_backend(model, loading.context_length(model.config, opts["max_len"]))
-        engine = Engine(backend, tokenizer, opts["max_batch"])
+        engine = Engine(backend, tokenizer, opts["max_batch"], opts.get("max_queue"))
         self.engines.append(engine)
         return engine
+
+
+def model_ids(refs: list[str], names: list[str] | None = None) -> list[str]:
+    """The id of each served model: its --name, else a name that never shows a path (clients
+    see ids in /v1/models). Derived ids that collide get -2, -3, ... in order."""
+    names = list(names or [])
+    if len(names) > len(refs):
+        raise UsageError(f"{len(names)} --name values for {len(refs)} models; give at most one name per model.")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UsageError(f"Model id(s) {', '.join(dupes)} given twice; set distinct ids with --name.")
+    taken, ids = set(names), list(names)
+    for ref in refs[len(names):]:
+        stem = default_id(ref)
+        model_id, k = stem, 2
+        while model_id in taken:
+            model_id, k = f"{stem}-{k}", k + 1
+        taken.add(model_id)
+        ids.append(model_id)
+    return ids
+
+
+def default_id(ref: str) -> str:
+    """`default` and hub ids as given; a local folder by its name (a .gguf file by its stem), and
+    a run's `final` or `checkpoint-N` folder by the run's name plus that suffix."""
+    path = Path(ref).expanduser()
+    if ref == "default" or not path.exists():  # anything else that is not local is a hub id
+        return ref
+    path = path.resolve()
+    name = path.stem if path.is_file() else path.name
+    if _RUN_OUTPUT.fullmatch(name) and path.parent.name:
+        name = f"{path.parent.name}-{name}"
+    return name

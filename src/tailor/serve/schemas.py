@@ -19,24 +19,13 @@ class StreamOptions(_Body):
 
 
 class ChatMessage(_Body):
+    """Checked further by training's own conversion (data.convert.chat_conversation)."""
+
     role: Literal["developer", "system", "user", "assistant", "tool", "function"]
     content: Union[str, list[dict[str, Any]], None] = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
-
-    def text(self) -> str:
-        """The content as one string; content parts must be text."""
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        pieces = []
-        for part in self.content:
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ValueError(f"content part of type {part.get('type')!r} is not supported; use text")
-            pieces.append(part["text"])
-        return "".join(pieces)
 
 
 class _Sampling(_Body):
@@ -48,7 +37,7 @@ class _Sampling(_Body):
     stop: Union[str, list[str], None] = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-2**63, lt=2**63)  # a signed 64-bit integer, as OpenAI's
 
     @field_validator("stop")
     @classmethod
@@ -65,6 +54,9 @@ class _Sampling(_Body):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Union[Literal["none", "auto", "required"], dict[str, Any], None] = None  # see serve/tools.py
+    parallel_tool_calls: bool | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False

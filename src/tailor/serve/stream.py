@@ -8,11 +8,24 @@ import asyncio
 import json
 import time
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from tailor.infer.engine import Event, Request
+from tailor.infer.engine import Event, QueueFull, Request
 from tailor.infer.sampling import SamplingParams
-from tailor.serve.errors import APIError
+from tailor.serve.errors import APIError, envelope, server_failure
+
+RETRY_AFTER_S = 1  # what a 429 tells the client to wait: a slot frees every few decode steps
+DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
+_loop: ContextVar[asyncio.AbstractEventLoop] = ContextVar("tailor_serve_loop")
+
+
+async def off_loop(fn, *args):
+    """Run `fn(*args)` on a worker thread. Rendering a chat template and tokenising a body of
+    megabytes take long enough to stall every stream if they ran on the event loop; Jobs made
+    in `fn` still deliver their events to this loop."""
+    _loop.set(asyncio.get_running_loop())
+    return await asyncio.to_thread(fn, *args)  # copies the context: the loop and the request id
 
 
 class Jobs:
@@ -20,9 +33,17 @@ class Jobs:
     asyncio queue as (choice index, Event). `cancel()` frees their slots."""
 
     def __init__(self, served, jobs: list[tuple[list[int], SamplingParams]]):
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # made on a worker thread by off_loop
+            loop = _loop.get()
         self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         self.engine = served.engine
+        capacity = self.engine.capacity
+        if capacity is not None and len(jobs) > capacity:
+            raise APIError(400, f"This request asks for {len(jobs)} generations (prompts times n); this server runs "
+                                f"and queues at most {capacity} per model. Send fewer prompts or a smaller n.",
+                           param="n")
         self.requests = []
         for i, (prompt, params) in enumerate(jobs):
             def deliver(event, i=i):
@@ -33,6 +54,10 @@ class Jobs:
         try:
             for req in self.requests:
                 self.engine.submit(req)
+        except QueueFull as exc:
+            self.cancel()
+            raise APIError(429, f"The server is busy ({exc}); retry after {RETRY_AFTER_S} s.", type_="requests",
+                           code="rate_limit_exceeded", headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
         except (ValueError, RuntimeError) as exc:
             self.cancel()
             raise APIError(503 if isinstance(exc, RuntimeError) else 400, str(exc)) from exc
@@ -52,25 +77,35 @@ class Jobs:
 async def collect(jobs: Jobs, http_request) -> list[list[Event]]:
     """Every event of every choice; cancels the work if the client goes away meanwhile."""
     out: list[list[Event]] = [[] for _ in jobs.requests]
+    # a watcher beside the loop: tokens may flow without pause, yet a client that left must
+    # free its slots at once, not after max_tokens
+    watcher = asyncio.create_task(_cancel_on_disconnect(jobs, http_request))
     try:
         while jobs.pending:
-            try:
-                i, event = await jobs.next(timeout=1.0)
-            except asyncio.TimeoutError:
-                if await http_request.is_disconnected():
-                    jobs.cancel()
-                    return out
-                continue
+            i, event = await jobs.next()  # once cancelled, the engine ends each job with a final event
             out[i].append(event)
     finally:
+        watcher.cancel()
         jobs.cancel()
     return out
 
 
+async def _cancel_on_disconnect(jobs: Jobs, http_request) -> None:
+    while not await http_request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+    jobs.cancel()
+
+
 def check_error(events: list[Event]) -> None:
+    """A failed generation is a 500 whose message holds only the request id; the detail is logged."""
     for event in events:
         if event.finish_reason == "error":
-            raise APIError(500, f"Generation failed: {event.error}", type_="server_error")
+            raise APIError(500, server_failure(f"generation failed: {event.error}"), type_="server_error")
+
+
+def error_event(event: Event) -> str:
+    """The SSE event that ends a stream whose generation failed (detail logged, not sent)."""
+    return sse(envelope(server_failure(f"generation failed: {event.error}"), "server_error"))
 
 
 def sampling_params(body, served, prompt_len: int, max_new: int | None, index: int,
