@@ -91,7 +91,7 @@ def test_partial_lora_targets_match_hf(tiny_model_dir):
         torch.testing.assert_close(got[2][name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_fallbacks(tiny_model_dir, monkeypatch):
+def test_fallbacks(tiny_model_dir):
     dora = _model(tiny_model_dir, "lora", dora=True)
     assert not isinstance(decoder_parts(dora)[0], fused.FusedBody)
     model = _model(tiny_model_dir, "full")
@@ -100,8 +100,7 @@ def test_fallbacks(tiny_model_dir, monkeypatch):
     packed = _batch(model.config.vocab_size, batching="pack")
     assert packed.position_ids is not None  # packed rows go through the HF body's block-diagonal mask
     assert float(batch_loss(body, head, packed, torch.float32)[0]) == float(batch_loss(hf_body, head, packed, torch.float32)[0])
-    monkeypatch.setenv("TAILOR_FUSED", "0")
-    assert not isinstance(decoder_parts(_model(tiny_model_dir, "full"))[0], fused.FusedBody)
+    assert not isinstance(decoder_parts(_model(tiny_model_dir, "full"), fused=False)[0], fused.FusedBody)
 
 
 def _train(model, body, head, batches, steps, autocast, lr):

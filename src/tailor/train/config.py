@@ -4,6 +4,7 @@ Python API alike. Fields left at None get a per-method default in `resolve`."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -94,6 +95,8 @@ class TrainConfig:
     """Save a checkpoint every this many steps (default: with each evaluation), and always at the end."""
     keep_checkpoints: int = 2
     """Keep only the newest this many checkpoints."""
+    push_to_hub: str | None = None
+    """Push final/ to this Hugging Face Hub repo (OWNER/NAME) when training ends, like `tailor push` (the token is checked before training)."""
 
     dtype: str = "auto"
     """auto (bf16 compute with fp32 master weights where the hardware is fast at bf16), float32 or bfloat16."""
@@ -101,14 +104,25 @@ class TrainConfig:
     """Recompute activations in the backward pass: less memory, about 30% slower."""
     compile: bool = False
     """torch.compile the model body (pays off only for long runs; first steps are slow)."""
+    fused: bool = True
+    """Tailor's fused training forward for Llama-family models (faster on CPU; the same loss up to rounding); --no-fused runs the Hugging Face modules, to compare or troubleshoot. TAILOR_FUSED=0 in the environment also turns it off, and is recorded here."""
     device: str | None = None
     """cpu or cuda (default: cuda when available)."""
 
 
+def env_overrides() -> dict[str, tuple[object, str]]:
+    """field -> (value, why): fields the environment forces, for scripts older than the field.
+    `resolve` applies them, so config.yaml and the checkpoints record what the run really did."""
+    if os.environ.get("TAILOR_FUSED") == "0":
+        return {"fused": (False, "TAILOR_FUSED=0 is set")}
+    return {}
+
+
 def resolve(cfg: TrainConfig) -> TrainConfig:
-    """Fill per-method defaults and check the values together; every problem in one message."""
+    """Fill per-method defaults, apply `env_overrides`, and check the values together; every
+    problem in one message."""
     lr = cfg.lr if cfg.lr is not None else METHOD_DEFAULTS[cfg.method]["lr"]
-    cfg = dataclasses.replace(cfg, lr=lr)
+    cfg = dataclasses.replace(cfg, lr=lr, **{k: v for k, (v, _) in env_overrides().items()})
     problems = []
     if not cfg.data and not cfg.resume:
         problems.append("data: give a training file with --data train.jsonl")

@@ -13,7 +13,7 @@ def validation_loss(model, examples, cfg, prec, pad_id: int) -> dict:
     """Mean loss and accuracy over every trained token of `examples`; only sums are kept."""
     if not examples:
         return {}
-    body, head = decoder_parts(model)
+    body, head = decoder_parts(model, fused=cfg.fused)
     was_training = model.training
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))

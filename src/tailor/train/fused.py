@@ -8,11 +8,17 @@ one matmul each, the LoRA A matrices of a fused projection are one matmul and th
 block-diagonal matmul (scaling folded in), rotary covers q and k in one pass, and every cast is
 explicit (autocast is switched off inside).
 
-Precision, chosen so the loss tracks fp32 training: the residual stream is fp32, matmuls and
-attention run in the compute dtype (bf16), and the outputs of o_proj and down_proj (base and
-LoRA update) are added to the fp32 residual separately, so a tiny early LoRA update is never
-rounded away inside a bf16 sum. Gradients reach the original parameters (torch.cat and casts
-are differentiable), so the optimizer, clipping and PEFT saving are unchanged.
+Precision policy, chosen so the loss tracks fp32 training (this is the one place it is stated;
+`_Proj.__call__` implements it for every projection):
+  - matmuls run in the compute dtype (bf16); the residual stream, rotary and attention are fp32;
+  - every LoRA update is added in fp32 to an fp32 base output: into the fp32 residual for o_proj
+    and down_proj, into the upcast output for q/k/v and gate/up. Added to a bf16 output instead,
+    an update under half a bf16 step of it is rounded away entirely, as early LoRA updates
+    (B starts at zero) are;
+  - a projection without LoRA keeps its bf16 output unless its consumer wants fp32 (q/k/v for
+    attention, o and down for the residual), which saves memory in full fine-tuning.
+Gradients reach the original parameters (torch.cat and casts are differentiable), so the
+optimizer, clipping and PEFT saving are unchanged.
 
 Packed batches (position ids that restart) and anything unusual (DoRA, LoRA on biases, several
 active adapters, quantised bases) go through the HF body instead: `wrap` returns None for an
@@ -21,7 +27,6 @@ unsupported model and `FusedBody.__call__` hands packed batches to the HF body.
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import torch
@@ -33,15 +38,9 @@ from tailor.infer.llama import supports
 _ATTN, _MLP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
 
 
-def enabled() -> bool:
-    """TAILOR_FUSED=0 switches the fused forward off (for comparisons and as an escape hatch)."""
-    return os.environ.get("TAILOR_FUSED", "1") != "0"
-
-
 def wrap(model, hf_body):
-    """A FusedBody for `model` (plain or PEFT-wrapped), or None when it cannot reproduce it."""
-    if not enabled():
-        return None
+    """A FusedBody for `model` (plain or PEFT-wrapped), or None when it cannot reproduce it.
+    Whether to use it at all is the run's `fused` config field (see tailor.train.loss.decoder_parts)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cached = getattr(base, "_tailor_fused", None)
     if cached is not None and cached.hf_body is hf_body:
@@ -108,14 +107,14 @@ class _Proj:
         return w.to(dtype), None if b is None else b.to(dtype)
 
     def __call__(self, h, dtype, training, acc=None):
-        """acc(base output) + LoRA update. `acc` picks the accumulator (e.g. an fp32 residual
-        sum); the update is added in that accumulator's dtype by one addmm, so it is never
-        rounded into a bf16 base output."""
+        """acc(base output) + LoRA update, by the module's precision policy. `acc` picks the
+        accumulator (e.g. an fp32 residual sum); without one, an adapted projection's output is
+        upcast to fp32 so that its update is not rounded into a bf16 base output."""
         w, b = self.weights(dtype)
         y = F.linear(h, w, b)
-        out = y if acc is None else acc(y)
         if not self.has_lora:
-            return out
+            return y if acc is None else acc(y)
+        out = y.float() if acc is None else acc(y)
         u, bt = self._lora(h, dtype, training)
         flat = torch.addmm(out.reshape(-1, out.shape[-1]), u.reshape(-1, u.shape[-1]).to(out.dtype),
                            bt.to(out.dtype))
@@ -196,7 +195,7 @@ class FusedBody:
     def __call__(self, input_ids, position_ids=None, use_cache=False, **kw):
         if position_ids is not None or kw:  # packed rows need a block-diagonal mask: HF does that
             return self.hf_body(input_ids=input_ids, position_ids=position_ids, use_cache=use_cache, **kw)
-        dtype = _compute_dtype(self.inner.embed_tokens.weight)
+        dtype = _compute_dtype(self.inner.embed_tokens)
         with torch.autocast(input_ids.device.type, enabled=False):
             return SimpleNamespace(last_hidden_state=self.forward(input_ids, dtype))
 
@@ -243,15 +242,47 @@ class FusedBody:
         attn = attn.transpose(1, 2).reshape(b, t, nq).to(dtype)
         x = layer.o(attn, dtype, training, acc=lambda y: x + y)  # residual stream stays fp32
         h = _rms(x, layer.ln2.weight, self.eps).to(dtype)
-        gate, up = layer.gate_up(h, dtype, training).chunk(2, -1)
-        return layer.down(F.silu(gate) * up, dtype, training, acc=lambda y: x + y)
+        act = _SwiGLU.apply(layer.gate_up(h, dtype, training), dtype)  # gate_up is fp32 when adapted
+        return layer.down(act, dtype, training, acc=lambda y: x + y)
+
+
+class _SwiGLU(torch.autograd.Function):
+    """silu(gate) * up of a [.., 2 * inter] gate_up, returned in the compute dtype.
+
+    An adapted gate_up arrives in fp32 (the precision policy above); autograd would keep that
+    fp32 tensor and an fp32 silu for the backward, twice a bf16 MLP's activation memory. This
+    keeps only gate_up in the compute dtype and recomputes silu in the backward, which runs in
+    the compute dtype as autocast's would: the forward is the exact fp32 one, the memory less
+    than before, and on a CPU it is faster than autograd's version in bf16 and fp32 alike."""
+
+    @staticmethod
+    def forward(ctx, gate_up, dtype):
+        gate, up = gate_up.chunk(2, -1)
+        ctx.save_for_backward(gate_up.to(dtype))
+        ctx.in_dtype = gate_up.dtype
+        return F.silu(gate).mul_(up).to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (gate_up,) = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, -1)
+        grad = grad.to(gate_up.dtype)
+        out = torch.empty_like(gate_up)
+        d_gate, d_up = out.chunk(2, -1)
+        torch.mul(grad, F.silu(gate), out=d_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
+        return out.to(ctx.in_dtype), None
+
 
 def _rms(x, w, eps):
     return F.rms_norm(x, (x.shape[-1],), w.to(x.dtype), eps)
 
 
-def _compute_dtype(embed_weight):
+def _compute_dtype(embed):
     """bf16 (or fp16) when the surrounding code runs under autocast, else the weights' own dtype."""
+    # PEFT's trainable-token wrapper builds its whole merged `.weight` on each access: read the
+    # wrapped embedding's instead
+    embed_weight = getattr(embed, "original_module", embed).weight
     dev = embed_weight.device.type
     if torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)

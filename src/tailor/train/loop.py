@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tailor.train.batches import collate, plan_epoch, step_trained
+from tailor.train.batches import collate, step_trained
 from tailor.train.config import TrainConfig
 from tailor.train.loss import batch_loss
 
@@ -34,6 +34,7 @@ class TrainResult:
     losses: list[float]  # train loss per optimizer step, this process and any resumed-from run
     val: dict  # last evaluation: val_loss, val_accuracy
     interrupted: bool = False
+    stop_signal: int | None = None  # the signal that stopped an interrupted run (SIGINT, SIGTERM)
     tokens_per_s: float = 0.0
     peak_rss_mb: float = 0.0
     samples: list[dict] = field(default_factory=list)
@@ -50,15 +51,21 @@ class Position:
 
 
 def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
-    """Fine-tune as `cfg` says; returns where the outputs are and how it went."""
+    """Fine-tune as `cfg` says; returns where the outputs are and how it went. With
+    cfg.push_to_hub, final/ is then pushed to that Hub repo (the token is checked first)."""
+    from tailor.export import hub
     from tailor.train.session import Session
 
+    token = hub.preflight(cfg.push_to_hub) if cfg.push_to_hub else None
     with _quiet_libraries():
         session = Session.open(cfg, quiet=quiet)
         try:
-            return _run(session)
+            result = _run(session)
         finally:
             session.close()
+    if token and result.final is not None:
+        hub.push_after_training(result.final, cfg.push_to_hub, token=token, quiet=quiet)
+    return result
 
 
 def _run(s) -> TrainResult:
@@ -69,7 +76,7 @@ def _run(s) -> TrainResult:
         _steps(s, body, head, params, stop)
     finally:
         stop.restore()
-    return s.interrupted() if stop.requested and s.position.step < s.total_steps else s.finish()
+    return s.interrupted(stop.signum) if stop.requested and s.position.step < s.total_steps else s.finish()
 
 
 def _steps(s, body, head, params, stop) -> None:
@@ -110,25 +117,34 @@ def _steps(s, body, head, params, stop) -> None:
 
 
 class _StopFlag:
-    """Ctrl-C asks the loop to stop after the current step (then it saves and says how to resume);
-    a second Ctrl-C stops at once."""
+    """Ctrl-C (SIGINT) or SIGTERM (how clusters preempt a job and services stop one) asks the loop
+    to stop after the current step; it then saves a checkpoint and says how to resume. A second
+    signal stops at once: KeyboardInterrupt for Ctrl-C, exit status 143 for SIGTERM."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
-        self._old = None
+        self.signum: int | None = None
+        self._old = {}
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
 
     def restore(self):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 @contextlib.contextmanager

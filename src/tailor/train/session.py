@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from tailor.errors import TailorError
+from tailor.errors import TailorError, UsageError
 from tailor.train import checkpoint, outputs
 from tailor.train.batches import plan_epoch
-from tailor.train.config import TrainConfig, resolve, to_dict
+from tailor.train.config import TrainConfig, env_overrides, resolve, to_dict
 from tailor.train.loop import Position, TrainResult, epochs_total, peak_rss_mb
 from tailor.train.loss import decoder_parts
 from tailor.train.progress import Progress
@@ -39,6 +39,66 @@ def _latest_or_error(out_dir: Path) -> Path:
     return ckpt
 
 
+# What a resume may change. A checkpoint's position is (epoch, optimizer steps into it) on the
+# saved run's batch plan, with its optimizer state and RNGs: exact resume holds only while the
+# plan, the examples, the model and the optimizer's settings are the saved ones.
+RESUME_SAFE = (
+    # Reporting and bookkeeping: what is logged, evaluated, sampled, kept or pushed, never an update.
+    "log_every", "eval_every", "eval_samples", "sample_max_tokens", "save_every", "keep_checkpoints",
+    "push_to_hub",
+    # The run's length: each epoch's plan depends on the epoch number alone, so the saved position
+    # stays valid when a run is extended (never below the steps done, see _length_problems); the
+    # lr schedule is stretched over the new length (with `schedule: constant` the extended run
+    # equals a run that long from the start).
+    "epochs", "max_steps",
+    # Execution: the same computation on other hardware or with another speed/memory trade-off (a
+    # preempted job may resume elsewhere, where dtype auto picks differently anyway).
+    "device", "dtype", "gradient_checkpointing", "compile", "fused",
+    # The training file's path: its content is checked by hash instead, so a moved file is fine.
+    "data",
+)
+RESUME_REFUSES = (
+    # The batch plan: which examples make each step, in which order.
+    "batch_size", "batch_tokens", "grad_accum", "batching", "max_length", "seed",
+    # The examples themselves: their rendering, and the train/validation split.
+    "val", "val_split", "val_max", "truncate", "chat_template",
+    # The model being trained.
+    "model", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "dora", "rslora", "qlora",
+    # The optimizer and schedule: AdamW's saved state brings back lr and weight_decay over any new
+    # value (a change would be silently ignored); the others would leave config.yaml describing
+    # a run that did not happen.
+    "lr", "weight_decay", "max_grad_norm", "warmup", "schedule", "min_lr_ratio",
+)
+
+
+def check_resume(meta: dict, cfg: TrainConfig, out: Path) -> None:
+    """Refuse a resume whose config would move the checkpoint's position onto another plan: every
+    changed key (any key not in RESUME_SAFE, so a new field is refused until classified) with
+    its saved and new value, and the fix, in one message."""
+    from tailor.config import flag
+
+    saved, now = meta["config"], to_dict(cfg)
+    changed = [k for k in now if k in saved and k not in RESUME_SAFE + ("resume", "out") and saved[k] != now[k]]
+    lines = [f"{k}: saved {saved[k]}, now {now[k]}" for k in changed] + _length_problems(meta, cfg)
+    if not lines:
+        return
+    fix = f"To continue this run exactly, drop {', '.join(flag(k) for k in changed)}. " if changed else ""
+    raise UsageError(
+        f"--resume {out}: this would not continue the saved run (it is at step {meta['step']}, epoch "
+        f"{meta['epoch']:.2f}, on the plan its saved config makes):\n  " + "\n  ".join(lines) + "\n"
+        + fix + "To train with the new values, start a new run with --out NEW_DIR instead."
+    )
+
+
+def _length_problems(meta: dict, cfg: TrainConfig) -> list[str]:
+    """A resumed run cannot be shorter than what it has already done."""
+    if cfg.max_steps is not None and cfg.max_steps < meta["step"]:
+        return [f"max_steps: {cfg.max_steps} is below the {meta['step']} steps this run has done"]
+    if cfg.max_steps is None and cfg.epochs < meta["epoch"]:
+        return [f"epochs: {cfg.epochs} is below the {meta['epoch']:.2f} epochs this run has done"]
+    return []
+
+
 class Session:
     @classmethod
     def open(cls, cfg: TrainConfig, *, quiet: bool = False) -> "Session":
@@ -48,10 +108,14 @@ class Session:
         if ckpt is not None:
             cfg = dataclasses.replace(cfg, out=cfg.resume)
         self.cfg = cfg = resolve(cfg)
+        if ckpt is not None:  # before anything loads or is written
+            check_resume(checkpoint.read_meta(ckpt), cfg, Path(cfg.resume))
         self.out = Path(cfg.out)
         self.quiet = quiet
         self._say = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
         self._say("tailor train: resolved config\n" + _indent(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
+        for name, (value, why) in env_overrides().items():
+            self._say(f"note: {why}: {name} is {value} for this run (recorded in config.yaml)")
         self._load(ckpt)
         self._plans = lru_cache(maxsize=4)(self._plan)
         n_epochs_needed = int(cfg.epochs) + 1
@@ -78,13 +142,13 @@ class Session:
         for note in self.precision.notes:
             self._say(f"note: {note}")
         torch.manual_seed(cfg.seed)
-        self.model, self.base_ref = load_model(cfg, self.tokenizer, self.precision, ckpt)
-        self.parts = decoder_parts(self.model, fused=not cfg.compile)  # compile traces the HF body
+        self.model, self.base = load_model(cfg, self.tokenizer, self.precision, ckpt)
+        self.parts = decoder_parts(self.model, fused=cfg.fused and not cfg.compile)  # compile traces the HF body
         if cfg.compile:
             self.parts = (torch.compile(self.parts[0], dynamic=True), self.parts[1])
         self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self._say(f"model: {self.base_ref} ({cfg.method}, {trainable:,} trainable parameters, "
+        self._say(f"model: {self.base.ref} ({cfg.method}, {trainable:,} trainable parameters, "
                   f"compute {str(self.precision.compute).replace('torch.', '')} on {self.precision.device})")
 
     def _restore(self, ckpt):
@@ -143,18 +207,22 @@ class Session:
         meta = {"step": self.position.step, "epoch": self.position.epoch + self.position.index / max(1, len(self.plan(self.position.epoch))),
                 "position": dataclasses.asdict(self.position), "tokens_seen": self.position.tokens_seen,
                 "config": to_dict(self.cfg), "data_fingerprint": self.data.fingerprint, "val": self.last_val,
-                "losses": [r["loss"] for r in self.metrics.read()], "base_model": self.base_ref}
+                "losses": [r["loss"] for r in self.metrics.read()], "base_model": self.base.ref,
+                "base_folder": str(self.base.folder)}
         path = checkpoint.save(self.out, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
                                scheduler=self.scheduler, meta=meta, keep=self.cfg.keep_checkpoints)
         self.last_saved = self.position.step
         return path
 
-    def interrupted(self) -> TrainResult:
+    def interrupted(self, signum: int | None = None) -> TrainResult:
         if self.last_saved != self.position.step:
             self.save_checkpoint()
-        self.progress.say(f"stopped at step {self.position.step}; checkpoint saved. Resume with:\n"
-                          f"  tailor train --resume {self.out}")
-        return self._result(final=None, interrupted=True)
+        text = f"stopped at step {self.position.step}; checkpoint saved. Resume with:\n  tailor train --resume {self.out}"
+        if self.quiet:  # the run exits non-zero: even --quiet says how to continue it
+            print(text, file=sys.stderr, flush=True)
+        else:
+            self.progress.say(text)
+        return dataclasses.replace(self._result(final=None, interrupted=True), stop_signal=signum)
 
     def finish(self) -> TrainResult:
         if self.last_eval != self.position.step:
@@ -163,7 +231,7 @@ class Session:
             self.save_checkpoint()
         train_log, eval_log = self.metrics.read(), self.evals.read()
         outputs.plot_losses(self.out, train_log, eval_log)
-        card = outputs.model_card(cfg=to_dict(self.cfg), base_ref=self.base_ref, data_stats=self._data_stats(),
+        card = outputs.model_card(cfg=to_dict(self.cfg), base=self.base, data_stats=self._data_stats(),
                                   final=self._final_stats(train_log), method=self.cfg.method)
         final = outputs.write_final(self.out, self.model, self.tokenizer, stop_ids=self.data.prepared.stop_token_ids,
                                     card=card, method=self.cfg.method)

@@ -29,6 +29,14 @@ class Data:
 
 
 @dataclass
+class Base:
+    """The model a run starts from."""
+
+    ref: str  # what the outputs record (models.portable_ref): loads on any machine
+    folder: Path  # where its weights were read from on this machine (provenance only)
+
+
+@dataclass
 class Precision:
     compute: object  # torch dtype of matmuls (bf16 under autocast, or fp32)
     master: object  # torch dtype of trained weights and optimizer state (fp32)
@@ -125,16 +133,16 @@ def precision(cfg) -> Precision:
 
 
 def load_model(cfg, tokenizer, prec: Precision, resume: Path | None):
-    """The model ready to train: full (fp32 master weights) or LoRA-wrapped (frozen base in the
-    compute dtype, fp32 adapters). On resume, weights come from the checkpoint."""
+    """(model, Base): the model ready to train, full (fp32 master weights) or LoRA-wrapped (frozen
+    base in the compute dtype, fp32 adapters). On resume, weights come from the checkpoint."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from tailor import models
     from tailor.train import lora
 
-    base_ref = str(models.local_folder(cfg.model))
-    source = str(resume) if (resume is not None and cfg.method == "full") else base_ref
+    base = Base(ref=models.portable_ref(cfg.model), folder=models.local_folder(cfg.model).resolve())
+    source = str(resume) if (resume is not None and cfg.method == "full") else str(base.folder)
     kwargs = {"dtype": prec.master if cfg.method == "full" else prec.compute}
     if cfg.qlora:
         kwargs.update(_qlora_kwargs(prec))
@@ -152,7 +160,8 @@ def load_model(cfg, tokenizer, prec: Precision, resume: Path | None):
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
         torch.manual_seed(cfg.seed)  # adapter initialisation is part of the seeded run
-        model = lora.wrap(model, cfg, base_ref=base_ref, new_token_ids=new_tokens)
+        model.name_or_path = base.ref  # what peft takes as the base (it warns when told otherwise)
+        model = lora.wrap(model, cfg, base_ref=base.ref, new_token_ids=new_tokens)
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.to(prec.master)
@@ -165,7 +174,7 @@ def load_model(cfg, tokenizer, prec: Precision, resume: Path | None):
     if not cfg.qlora:
         model.to(prec.device)
     model.train()
-    return model, base_ref
+    return model, base
 
 
 def _qlora_kwargs(prec: Precision) -> dict:
