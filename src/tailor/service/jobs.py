@@ -1,0 +1,261 @@
+"""Fine-tuning jobs without HTTP: check a create request, resolve "auto" hyperparameters into
+the TrainConfig the job will run, and keep the job's OpenAI-shaped object, events and
+checkpoints in the store. The worker (worker.py) moves jobs from `queued` onwards."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from typing import Callable
+
+from tailor.service import files
+from tailor.service.errors import ServiceError, invalid, not_found
+from tailor.service.store import Store, new_id
+
+FINAL = ("succeeded", "failed", "cancelled")
+KEEP_CHECKPOINTS = 3  # OpenAI keeps the last three; tailor.keep_checkpoints may change it
+AUTO_BATCH_SIZE = 8  # tailor's own default micro-batch; OpenAI publishes no rule for "auto"
+# TrainConfig fields a job sets itself; the `tailor` object may set any other.
+_RESERVED = {"data": "training_file", "val": "validation_file", "model": "model", "out": None, "resume": None,
+             "seed": "seed", "epochs": "hyperparameters.n_epochs", "batch_size": "hyperparameters.batch_size",
+             "lr": "hyperparameters.learning_rate_multiplier"}
+_SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+# model -> (training reference, name used in fine_tuned_model); raises ServiceError when unknown
+ModelResolver = Callable[[str], "tuple[str, str]"]
+
+
+def public(body: dict) -> dict:
+    return {k: v for k, v in body.items() if not k.startswith("_")}
+
+
+def create(store: Store, project: str, req: dict, resolve_model: ModelResolver) -> dict:
+    """Check `req` (a job-create body), then store the job as `queued` with its events."""
+    model = req.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("Missing required parameter: 'model'.", "model", "missing_required_parameter")
+    ref, base_name = resolve_model(model)
+    train_file = _data_file(store, project, req.get("training_file"), "training_file", required=True)
+    val_file = _data_file(store, project, req.get("validation_file"), "validation_file", required=False)
+    hyper = _hyperparameters(req)
+    suffix, seed, metadata = _suffix(req.get("suffix")), _seed(req.get("seed")), _metadata(req.get("metadata"))
+    n = train_file["_examples"]
+    resolved = {"n_epochs": _auto_epochs(n) if hyper["n_epochs"] == "auto" else hyper["n_epochs"],
+                "batch_size": AUTO_BATCH_SIZE if hyper["batch_size"] == "auto" else hyper["batch_size"],
+                "learning_rate_multiplier": 1.0 if hyper["learning_rate_multiplier"] == "auto"
+                else hyper["learning_rate_multiplier"]}
+    train_cfg = _train_config(ref, req.get("tailor"), resolved, seed)
+    jid = new_id("ftjob-")
+    now = int(time.time())
+    job = {"id": jid, "object": "fine_tuning.job", "created_at": now, "error": None, "fine_tuned_model": None,
+           "finished_at": None, "hyperparameters": resolved, "model": model, "organization_id": f"org-{project}",
+           "result_files": [], "seed": seed, "status": "validating_files", "trained_tokens": None,
+           "training_file": train_file["id"], "validation_file": val_file["id"] if val_file else None,
+           "estimated_finish": None, "integrations": [], "metadata": metadata, "user_provided_suffix": suffix,
+           "method": {"type": "supervised", "supervised": {"hyperparameters": resolved}},
+           "_train": train_cfg, "_model_name": f"ft:{base_name}:{project}:{suffix or ''}:{jid[6:14]}",
+           "_project": project}
+    with store.transaction():
+        store.put("jobs", job, project=project)
+        event(store, job, f"Validating training file: {train_file['id']}"
+              + (f" and validation file: {val_file['id']}" if val_file else ""))
+        event(store, job, "Files validated, moving job to queued state")
+        job = store.update("jobs", jid, status="queued")
+    return job
+
+
+def _data_file(store: Store, project: str, fid, param: str, *, required: bool) -> dict | None:
+    code = f"invalid_{param}"
+    if fid is None and not required:
+        return None
+    if not isinstance(fid, str) or not fid:
+        raise invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+    f = store.get("files", fid, project=project)
+    if f is None:
+        raise invalid(f"File '{fid}' not found.", param, code)
+    if f["purpose"] != "fine-tune":
+        raise invalid(f"File '{fid}' has purpose '{f['purpose']}'; upload it with purpose 'fine-tune'.", param, code)
+    if f["status"] != "processed":
+        raise invalid(f"File '{fid}' is not a valid training file: {f.get('status_details') or f['status']}",
+                      param, code)
+    if param == "training_file" and f["_examples"] < files.MIN_EXAMPLES:
+        raise invalid(f"Training file has {f['_examples']} example(s), but must have at least "
+                      f"{files.MIN_EXAMPLES} examples", param, "invalid_n_examples")
+    return f
+
+
+def _hyperparameters(req: dict) -> dict:
+    method = req.get("method") or {"type": "supervised"}
+    if not isinstance(method, dict):
+        raise invalid("'method' must be an object like {\"type\": \"supervised\"}.", "method")
+    kind = method.get("type", "supervised")
+    if kind in ("dpo", "reinforcement"):
+        raise invalid(f"Fine-tuning method '{kind}' is not supported yet; use 'supervised'.", "method.type",
+                      "unsupported_method")
+    if kind != "supervised":
+        raise invalid(f"Unknown fine-tuning method '{kind}'; use 'supervised'.", "method.type")
+    given = ((method.get("supervised") or {}).get("hyperparameters")) or {}
+    legacy = req.get("hyperparameters") or {}
+    if given and legacy:
+        raise invalid("Give hyperparameters once: in method.supervised.hyperparameters (or the older "
+                      "top-level 'hyperparameters'), not both.", "hyperparameters")
+    given, where = (given, "method.supervised.hyperparameters") if given else (legacy, "hyperparameters")
+    if not isinstance(given, dict):
+        raise invalid(f"'{where}' must be an object.", where)
+    unknown = sorted(set(given) - {"n_epochs", "batch_size", "learning_rate_multiplier"})
+    if unknown:
+        raise invalid(f"Unknown hyperparameter(s): {', '.join(unknown)}.", f"{where}.{unknown[0]}")
+    out = {}
+    for name, kind_, lo, hi in (("n_epochs", int, 1, 50), ("batch_size", int, 1, 256),
+                                ("learning_rate_multiplier", float, 1e-6, 100.0)):
+        value = given.get(name, "auto")
+        ok = value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+                                 and (kind_ is float or float(value).is_integer()))
+        if not ok:
+            raise invalid(f"Invalid {name}: {value!r}; give \"auto\" or a number from {lo:g} to {hi:g}.",
+                          f"{where}.{name}")
+        out[name] = value if value == "auto" else kind_(value)
+    return out
+
+
+def _auto_epochs(n: int) -> int:
+    from tailor.data.report import auto_epochs
+
+    return auto_epochs(n)
+
+
+def _suffix(value) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _SUFFIX.match(value):
+        raise invalid("Invalid suffix: use 1 to 64 letters, digits, '.', '_' or '-'.", "suffix")
+    return value
+
+
+def _seed(value) -> int:
+    if value is None:
+        return random.randint(0, 2147483647)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2147483647:
+        raise invalid(f"Invalid seed {value!r}; give an integer from 0 to 2147483647.", "seed")
+    return value
+
+
+def _metadata(value) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > 16:
+        raise invalid("Invalid metadata: give at most 16 key-value pairs.", "metadata")
+    for k, v in value.items():
+        if not isinstance(v, str) or len(k) > 64 or len(v) > 512:
+            raise invalid(f"Invalid metadata['{k}']: keys up to 64 characters, string values up to 512.", "metadata")
+    return dict(value)
+
+
+def _train_config(ref: str, knobs, resolved: dict, seed: int) -> dict:
+    """The TrainConfig (as a dict) this job runs: the `tailor` object's knobs, then the job's own."""
+    from tailor import config
+    from tailor.errors import TailorError
+    from tailor.train.config import METHOD_DEFAULTS, TrainConfig, resolve
+
+    knobs = knobs or {}
+    if not isinstance(knobs, dict):
+        raise invalid("'tailor' must be an object of tailor train settings, e.g. {\"method\": \"lora\"}.", "tailor")
+    for key in knobs:
+        if key.replace("-", "_") in _RESERVED:
+            where = _RESERVED[key.replace("-", "_")]
+            raise invalid(f"tailor.{key} is set by the job itself" + (f"; use '{where}'." if where else "."),
+                          f"tailor.{key}")
+    try:
+        cfg = config.build(TrainConfig, knobs)
+        lr = METHOD_DEFAULTS[cfg.method]["lr"] * resolved["learning_rate_multiplier"]
+        own = {"model": ref, "epochs": resolved["n_epochs"], "seed": seed, "batch_size": resolved["batch_size"],
+               "lr": lr, "data": "-"}  # data: the worker gives the job's own copy of the file
+        cfg = config.build(TrainConfig, {"keep_checkpoints": KEEP_CHECKPOINTS}, knobs, own)
+        resolve(cfg)
+    except TailorError as exc:
+        raise invalid(str(exc), "tailor") from exc
+    return config.to_dict(cfg)
+
+
+# ---- reading and changing jobs ---------------------------------------------------------------
+
+
+def get(store: Store, project: str, jid: str) -> dict:
+    job = store.get("jobs", jid, project=project)
+    if job is None:
+        raise not_found("fine-tuning job", jid, "fine_tuning_job_id")
+    return job
+
+
+def listing(store: Store, project: str, *, after: str | None, limit: int, metadata: dict | None = None) -> dict:
+    _check_limit(limit)
+    where = {f"metadata.{k}": v for k, v in (metadata or {}).items()}
+    rows, more = store.page("jobs", project=project, after=after, limit=limit, where=where)
+    return files.page([public(r) for r in rows], more)
+
+
+def cancel(store: Store, project: str, jid: str) -> dict:
+    """A queued or paused job is cancelled at once; a running one is asked to stop (the worker signals its
+    process, which stops at a step boundary)."""
+    with store.transaction():
+        job = get(store, project, jid)
+        if job["status"] in FINAL:
+            raise ServiceError(f"Job {jid} has already {job['status']}; only a queued or running job can be "
+                               "cancelled.", kind="invalid", param="fine_tuning_job_id", code="invalid_state")
+        if job["status"] == "running":
+            return store.update("jobs", jid, _cancel=True)
+        event(store, job, "Fine-tuning job cancelled")  # queued or paused: no process to stop
+        return store.update("jobs", jid, status="cancelled", finished_at=int(time.time()))
+
+
+def pause(store: Store, project: str, jid: str) -> dict:
+    """A running job is asked to stop (its process saves a checkpoint and exits; then `paused`);
+    a queued one is paused at once. `resume` queues it again, to continue where it stopped."""
+    with store.transaction():
+        job = get(store, project, jid)
+        if job["status"] == "running":
+            return store.update("jobs", jid, _pause=True)
+        _expect(job, "queued", "paused")
+        event(store, job, "Fine-tuning job paused")
+        return store.update("jobs", jid, status="paused")
+
+
+def resume(store: Store, project: str, jid: str) -> dict:
+    with store.transaction():
+        job = get(store, project, jid)
+        _expect(job, "paused", "resumed")
+        event(store, job, "Fine-tuning job resumed")
+        return store.update("jobs", jid, status="queued")
+
+
+def _expect(job: dict, status: str, verb: str) -> None:
+    if job["status"] != status:
+        raise ServiceError(f"Job {job['id']} is {job['status']}; only a {status} job can be {verb}.",
+                           kind="invalid", param="fine_tuning_job_id", code="invalid_state")
+
+
+def event(store: Store, job: dict, message: str, *, level: str = "info", type_: str = "message",
+          data: dict | None = None) -> dict:
+    body = {"id": new_id("ftevent-"), "object": "fine_tuning.job.event", "created_at": int(time.time()),
+            "level": level, "message": message, "data": data, "type": type_}
+    return store.put("events", body, project=job["_project"], parent=job["id"])
+
+
+def events(store: Store, project: str, jid: str, *, after: str | None, limit: int) -> dict:
+    get(store, project, jid)
+    _check_limit(limit)
+    rows, more = store.page("events", parent=jid, after=after, limit=limit)
+    return files.page(rows, more)
+
+
+def checkpoints(store: Store, project: str, jid: str, *, after: str | None, limit: int) -> dict:
+    get(store, project, jid)
+    _check_limit(limit)
+    rows, more = store.page("checkpoints", parent=jid, after=after, limit=limit)
+    return files.page([public(r) for r in rows], more)
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= 10000:
+        raise invalid(f"Invalid limit {limit}; use 1 to 10000.", "limit")

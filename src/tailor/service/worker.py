@@ -1,0 +1,361 @@
+"""The worker: runs queued jobs, FIFO, at most `max_jobs` at a time, each in its own process
+running `tailor train` (the one training loop, through the same launcher as the CLI).
+
+The server process stays the only writer of the store: it watches each run's folder
+(metrics.jsonl, eval.jsonl, checkpoint-*/) and turns what appears into events and checkpoint
+rows. Cancel sends SIGTERM, so the run stops at a step boundary; a job asked to cancel ends
+`cancelled` however its process exits. A process that dies on its own ends the job `failed`
+with the last lines it printed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tailor.service import jobs
+from tailor.service.store import Store, new_id
+
+log = logging.getLogger(__name__)
+CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+
+# publish(ref, model_id, owner): serve the folder `ref` as `model_id` (raises when it cannot)
+Publisher = Callable[[str, str, str], None]
+
+
+@dataclass
+class _Run:
+    job_id: str
+    proc: subprocess.Popen
+    folder: Path
+    last_step: int = 0
+    first_step: int = 0  # the step this process started from (for the finish estimate)
+    last_eval: int = 0
+    seen: set = field(default_factory=set)
+    started: float = field(default_factory=time.time)
+
+    @property
+    def out(self) -> Path:
+        return self.folder / "out"
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to kill it when the server dies, so a restarted server never finds
+    an orphan still writing the run it is about to resume."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Worker:
+    def __init__(self, store: Store, *, max_jobs: int = 1, publish: Publisher | None = None, poll: float = 0.25):
+        self.store, self.max_jobs, self.publish, self.poll = store, max_jobs, publish, poll
+        self.runs: dict[str, _Run] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="tailor-worker", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop watching; running jobs are interrupted (they checkpoint) and stay `running`, so
+        the next start on the same state resumes them."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        # The training processes are started from this one long-lived thread: PR_SET_PDEATHSIG
+        # fires when the *thread* that forked a child exits.
+        try:
+            self.recover()
+        except Exception:
+            log.exception("resuming interrupted jobs failed")
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # one bad job must not stop the worker for the others
+                log.exception("worker tick failed")
+            self._stop.wait(self.poll)
+        for run in self.runs.values():
+            run.proc.send_signal(signal.SIGTERM)
+        for run in self.runs.values():
+            try:
+                run.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                run.proc.kill()
+
+    def recover(self) -> None:
+        """At start: a job left `running` by a server that died has no process now. It starts
+        again, from its newest checkpoint when it saved one (exact resume)."""
+        from tailor.train import checkpoint
+
+        for job in self.store.all("jobs", where={"status": "running"}):
+            if job.get("_cancel") or job.get("_pause"):
+                self._stopped(job, "cancelled" if job.get("_cancel") else "paused")
+                continue
+            ckpt = checkpoint.latest(self.store.root / "jobs" / job["id"] / "out")
+            said = (f"The server restarted; resuming the job from its newest checkpoint ({ckpt.name})" if ckpt
+                    else "The server restarted; starting the job again")
+            jobs.event(self.store, job, said, level="warn")
+            self._launch_or_fail(job, quiet_event=True)
+
+    def tick(self) -> None:
+        for run in list(self.runs.values()):
+            self._watch(run)
+        while len(self.runs) < self.max_jobs:
+            queued = self.store.page("jobs", where={"status": "queued"}, limit=1, newest_first=False)[0]
+            if not queued:
+                break
+            self._launch_or_fail(queued[0])
+
+    def _launch_or_fail(self, job: dict, *, quiet_event: bool = False) -> None:
+        try:
+            self._launch(job, quiet_event=quiet_event)
+        except Exception as exc:  # fail this job, never block the queue behind it
+            log.exception("could not start %s", job["id"])
+            code = "invalid_training_file" if isinstance(exc, FileNotFoundError) else "server_error"
+            self._fail(job, f"The job could not start: {exc}", code)
+
+    # ---- one run -------------------------------------------------------------------------
+
+    def _launch(self, job: dict, *, quiet_event: bool = False) -> None:
+        """Start the job's process: from its newest checkpoint if it has one (after a pause or a
+        crash), else from its config."""
+        from tailor.train import checkpoint
+
+        folder = self.store.root / "jobs" / job["id"]
+        if checkpoint.latest(folder / "out") is not None:
+            return self._start(job, folder, ["--resume", str(folder / "out")], quiet_event=quiet_event)
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = dict(job["_train"])
+        # The job trains on its own copy: deleting the upload cannot break a running job.
+        cfg["data"] = self._copy_file(job["training_file"], folder / "train.jsonl")
+        if job.get("validation_file"):
+            cfg["val"] = self._copy_file(job["validation_file"], folder / "val.jsonl")
+        cfg["out"] = str(folder / "out")
+        cfg["model"] = _trainable_base(cfg["model"], folder / "base")
+        import yaml
+
+        (folder / "job.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self._start(job, folder, [str(folder / "job.yaml")], quiet_event=quiet_event)
+
+    def _start(self, job: dict, folder: Path, args: list[str], *, quiet_event: bool = False) -> None:
+        logf = (folder / "train.log").open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "tailor.cli", "train", *args, "--quiet"],
+                                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent)
+        logf.close()
+        with self.store.transaction():
+            if not quiet_event:
+                jobs.event(self.store, job, "Fine-tuning job started")
+            self.store.update("jobs", job["id"], status="running", _pid=proc.pid, _signalled=False)
+        # What an earlier process of this job already reported is not reported twice.
+        events = [e["data"] for e in self.store.all("events", parent=job["id"]) if e["type"] == "metrics"]
+        run = _Run(job["id"], proc, folder)
+        run.last_step = run.first_step = max((d["step"] for d in events if "train_loss" in d), default=0)
+        run.last_eval = max((d["step"] for d in events if "train_loss" not in d), default=0)
+        run.seen = {Path(c["_path"]).name for c in self.store.all("checkpoints", parent=job["id"])}
+        self.runs[job["id"]] = run
+
+    def _copy_file(self, fid: str, target: Path) -> str:
+        src = self.store.blob_path("files", fid)
+        if src is None:
+            raise FileNotFoundError(f"file {fid} was deleted before the job started")
+        shutil.copyfile(src, target)
+        return str(target)
+
+    def _watch(self, run: _Run) -> None:
+        job = self.store.get("jobs", run.job_id)
+        if (job.get("_cancel") or job.get("_pause")) and not job.get("_signalled"):
+            run.proc.send_signal(signal.SIGTERM)  # the loop stops at the next step boundary
+            self.store.update("jobs", run.job_id, _signalled=True)
+        self._new_metrics(run, job)
+        self._new_checkpoints(run, job)
+        rc = run.proc.poll()
+        if rc is not None:
+            self._new_metrics(run, job)
+            self._new_checkpoints(run, job)
+            del self.runs[run.job_id]
+            self._finish(run, self.store.get("jobs", run.job_id), rc)
+
+    def _new_metrics(self, run: _Run, job: dict) -> None:
+        total = job["_train"].get("max_steps")  # known up front only when the job sets max_steps
+        first = run.last_step
+        for r in _read_jsonl(run.out / "metrics.jsonl"):
+            if r["step"] <= run.last_step:
+                continue
+            run.last_step = r["step"]
+            data = {"step": r["step"], "train_loss": r["loss"], "total_steps": total,
+                    "train_mean_token_accuracy": None, "valid_loss": None, "valid_mean_token_accuracy": None}
+            jobs.event(self.store, job, f"Step {r['step']}{f'/{total}' if total else ''}: training loss="
+                       f"{r['loss']:.4f}", type_="metrics", data=data)
+            self.store.update("jobs", run.job_id, trained_tokens=r.get("tokens_seen"))
+        if total and run.last_step > first:
+            per_step = (time.time() - run.started) / max(1, run.last_step - run.first_step)
+            eta = int(time.time() + per_step * (total - run.last_step))
+            self.store.update("jobs", run.job_id, estimated_finish=eta)
+        for r in _read_jsonl(run.out / "eval.jsonl"):
+            if r["step"] <= run.last_eval or "val_loss" not in r:
+                continue
+            run.last_eval = r["step"]
+            data = {"step": r["step"], "valid_loss": r["val_loss"], "valid_mean_token_accuracy": r.get("val_accuracy")}
+            jobs.event(self.store, job, f"Step {r['step']}: validation loss={r['val_loss']:.4f}, "
+                       f"token accuracy={r.get('val_accuracy', 0):.3f}", type_="metrics", data=data)
+
+    def _new_checkpoints(self, run: _Run, job: dict) -> None:
+        from tailor.train import checkpoint
+
+        kept = {p.name: p for p in checkpoint.complete(run.out)}
+        for name, path in kept.items():
+            if name in run.seen:
+                continue
+            run.seen.add(name)
+            meta = checkpoint.read_meta(path)
+            step = meta["step"]
+            losses = meta.get("losses") or [None]
+            val = meta.get("val") or {}
+            body = {"id": new_id("ftckpt-"), "object": "fine_tuning.job.checkpoint", "created_at": int(time.time()),
+                    "fine_tuned_model_checkpoint": f"{job['_model_name']}:ckpt-step-{step}",
+                    "fine_tuning_job_id": job["id"], "step_number": step,
+                    "metrics": {"step": step, "train_loss": losses[-1], "train_mean_token_accuracy": None,
+                                "valid_loss": val.get("val_loss"),
+                                "valid_mean_token_accuracy": val.get("val_accuracy")},
+                    "_path": str(path)}
+            with self.store.transaction():
+                self.store.put("checkpoints", body, project=job["_project"], parent=job["id"])
+                jobs.event(self.store, job, f"Checkpoint created at step {step}")
+        # OpenAI lists the checkpoints that are kept; rotated-away ones leave the listing too
+        for row in self.store.all("checkpoints", parent=job["id"]):
+            if Path(row["_path"]).name not in kept:
+                self.store.delete("checkpoints", row["id"])
+
+    def _finish(self, run: _Run, job: dict, rc: int) -> None:
+        final = run.out / "final"
+        if rc == 0 and final.is_dir():
+            self._succeed(run, job, final)
+        elif job.get("_cancel") or job.get("_pause"):
+            self._stopped(job, "cancelled" if job.get("_cancel") else "paused")
+        else:
+            names = {str(run.folder / "train.jsonl"): job["training_file"],
+                     str(run.folder / "val.jsonl"): job.get("validation_file") or "the validation file"}
+            self._fail(job, *_failure(run.folder / "train.log", rc, names))
+
+    def _fail(self, job: dict, message: str, code: str) -> None:
+        with self.store.transaction():
+            jobs.event(self.store, job, f"Fine-tuning job failed: {message}", level="error")
+            self.store.update("jobs", job["id"], status="failed", finished_at=int(time.time()),
+                              error={"code": code, "message": message, "param": None})
+
+    def _stopped(self, job: dict, status: str) -> None:
+        """A job whose process stopped because it was asked to: cancelled, or paused (it keeps
+        its checkpoints, and `resume` queues it again)."""
+        with self.store.transaction():
+            jobs.event(self.store, job, f"Fine-tuning job {status}")
+            fields = {"finished_at": int(time.time())} if status == "cancelled" else {"_pause": False}
+            self.store.update("jobs", job["id"], status=status, **fields)
+
+    def _succeed(self, run: _Run, job: dict, final: Path) -> None:
+        from tailor.service import files
+
+        csv_bytes = metrics_csv(_read_jsonl(run.out / "metrics.jsonl"), _read_jsonl(run.out / "eval.jsonl"))
+        result = files.store_bytes(self.store, job["_project"], "step_metrics.csv", "fine-tune-results", csv_bytes)
+        name = job["_model_name"]
+        with self.store.transaction():
+            self.store.update("jobs", job["id"], _final=str(final), result_files=[result["id"]])
+            jobs.event(self.store, job, f"New fine-tuned model created: {name}")
+        self.publish_job(self.store.get("jobs", job["id"]))
+        with self.store.transaction():
+            jobs.event(self.store, job, "The job has successfully completed")
+            self.store.update("jobs", job["id"], status="succeeded", finished_at=int(time.time()),
+                              fine_tuned_model=name)
+
+    def publish_job(self, job: dict) -> None:
+        """Serve a finished job's model and its kept checkpoints (at success, and at every start)."""
+        if self.publish is None:
+            return
+        targets = [(job["_final"], job["_model_name"])]
+        targets += [(c["_path"], c["fine_tuned_model_checkpoint"]) for c in self.store.all("checkpoints",
+                                                                                               parent=job["id"])]
+        for ref, model_id in targets:
+            try:
+                self.publish(ref, model_id, job["_project"])
+            except Exception as exc:  # the model is trained and saved; say why it is not served
+                log.exception("could not serve %s", model_id)
+                jobs.event(self.store, job, f"{model_id} could not be served: {exc}", level="warn")
+
+
+def _trainable_base(ref: str, target: Path) -> str:
+    """A LoRA adapter (a previous fine-tune) trains on as the full model it stands for: folded
+    into its base once, in the job's folder, so the new job's LoRA goes on top of the old one."""
+    from tailor import models
+
+    if models.resolve(ref).kind != "adapter":
+        return ref
+    if not (target / "config.json").is_file():
+        from tailor.train.lora import merge
+
+        merge(ref, target)
+    return str(target)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            break  # a line still being written; read it on the next pass
+    return out
+
+
+def metrics_csv(train_log: list[dict], eval_log: list[dict]) -> bytes:
+    """OpenAI's result file: one row per logged step; validation columns where an eval ran."""
+    evals = {r["step"]: r for r in eval_log if "val_loss" in r}
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in train_log:
+        e = evals.get(r["step"], {})
+        w.writerow([r["step"], r["loss"], "", e.get("val_loss", ""), e.get("val_accuracy", "")])
+    return buf.getvalue().encode()
+
+
+def _failure(log_path: Path, rc: int, names: dict[str, str]) -> tuple[str, str]:
+    """The reason a run failed, from what it printed: tailor's own error message when there is one,
+    with the job's copies of its files named by their file ids."""
+    try:
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        lines = []
+    for i, ln in enumerate(lines):
+        if ln.startswith("tailor train: "):  # a TailorError: the user's to fix, with the fix
+            text = "\n".join([ln[len("tailor train: "):]] + lines[i + 1:i + 6])
+            data_problem = "line " in text or any(path in text for path in names)
+            for path, fid in names.items():
+                text = text.replace(path, fid)
+            code = "invalid_training_file" if data_problem else "invalid_request"
+            return text[:2000], code
+    tail = "\n".join(lines[-5:])
+    why = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+    return (f"The training process ended unexpectedly ({why})" + (f": {tail}" if tail else ""))[:2000], "server_error"

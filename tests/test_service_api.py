@@ -1,0 +1,294 @@
+"""The Files and Fine-tuning jobs API, driven by the official `openai` client against a real
+uvicorn server on a free 127.0.0.1 port, serving a tiny model; jobs train it for a few steps
+in their own processes."""
+
+import json
+import time
+
+import openai
+import pytest
+
+from trainkit import write_chat_jsonl
+from servekit import serving
+from tiny import save_tiny
+
+KEY = "sk-test-key"
+FAST = {"max_steps": 3, "dtype": "float32", "eval_samples": 0, "max_length": 128}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tailor.serve.app import create_app
+    from tailor.serve.registry import Registry
+    from tailor.service import Service
+
+    root = tmp_path_factory.mktemp("service")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TAILOR_HOME", str(root / "home"))  # the jobs' dataset cache, inherited by their processes
+    base = save_tiny(root / "base")
+    reg = Registry.load([str(base)], ["tiny"], dtype="float32", max_batch=4, max_len=256)
+    service = Service(root / "state", max_upload_bytes=64 * 1024)
+    app = create_app(reg, api_key=KEY, service=service)
+    with serving(app, join_timeout=60) as url:
+        yield {"url": url, "registry": reg, "service": service, "root": root}
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def train_file(client, tmp_path_factory):
+    path = write_chat_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", 12)
+    return client.files.create(file=("train.jsonl", path.read_bytes()), purpose="fine-tune")
+
+
+def _wait(client, job_id, statuses=("succeeded", "failed", "cancelled"), timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job.status}")
+
+
+# ---- files -----------------------------------------------------------------------------------
+
+
+def test_upload_is_checked_processed_and_readable(client, train_file, tmp_path):
+    f = client.files.wait_for_processing(train_file.id, poll_interval=0.1)
+    assert f.status == "processed" and f.purpose == "fine-tune" and f.filename == "train.jsonl"
+    assert f.id.startswith("file-") and f.bytes > 0
+    assert client.files.retrieve(f.id).id == f.id
+    assert client.files.content(f.id).content.splitlines()[0].startswith(b'{"messages"')
+    assert len(client.files.content(f.id).content) == f.bytes
+
+
+def test_a_bad_file_ends_error_naming_the_line_and_field(client):
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ho"}]})
+    bad = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]})
+    f = client.files.create(file=("bad.jsonl", (good + "\n" + bad + "\n").encode()), purpose="fine-tune")
+    f = client.files.wait_for_processing(f.id, poll_interval=0.1)
+    assert f.status == "error"
+    assert "line 2" in f.status_details and "messages[1]" in f.status_details
+
+
+def test_file_listing_pages_by_after_limit_order_and_purpose(client):
+    made = [client.files.create(file=(f"n{i}.txt", b"x"), purpose="user_data").id for i in range(3)]
+    page = client.files.list(purpose="user_data", limit=2)
+    assert [f.id for f in page.data] == made[::-1][:2] and page.has_more
+    rest = client.files.list(purpose="user_data", limit=2, after=page.data[-1].id)
+    assert [f.id for f in rest.data] == made[:1] and not rest.has_more
+    assert [f.id for f in client.files.list(purpose="user_data", order="asc")] == made
+    assert client.files.list(purpose="user_data", after=made[0]).data == []
+
+
+def test_delete_then_404_and_path_like_ids_are_404(client):
+    f = client.files.create(file=("gone.txt", b"bye"), purpose="user_data")
+    assert client.files.delete(f.id).deleted
+    for bad in (f.id, "../service.db", "file-..%2F..%2Fservice.db", "blobs", "%2Fetc%2Fpasswd"):
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve(bad)
+        with pytest.raises(openai.NotFoundError):
+            client.files.content(bad)
+
+
+def test_an_upload_over_the_limit_is_413(client):
+    with pytest.raises(openai.APIStatusError) as err:
+        client.files.create(file=("big.jsonl", b"x" * (64 * 1024 + 10)), purpose="fine-tune")
+    assert err.value.status_code == 413
+
+
+# ---- job validation --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw, param, code", [
+    ({"model": "no/such-model-here"}, "model", "model_not_found"),
+    ({"training_file": "file-nope"}, "training_file", "invalid_training_file"),
+    ({"method": {"type": "dpo", "dpo": {}}}, "method.type", "unsupported_method"),
+    ({"method": {"type": "reinforcement"}}, "method.type", "unsupported_method"),
+    ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs", None),
+    ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": "big"}}}},
+     "method.supervised.hyperparameters.batch_size", None),
+    ({"suffix": "x" * 65}, "suffix", None),
+    ({"suffix": "a:b"}, "suffix", None),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", None),
+    ({"extra_body": {"tailor": {"lora_r": 0}}}, "tailor", None),
+    ({"extra_body": {"tailor": {"no_such_knob": 1}}}, "tailor", None),
+    ({"extra_body": {"tailor": {"data": "/etc/passwd"}}}, "tailor.data", None),
+])
+def test_invalid_job_requests_are_400_with_param(client, train_file, kw, param, code):
+    args = {"model": "tiny", "training_file": train_file.id, **kw}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(**args)
+    assert err.value.body["param"] == param
+    if code:
+        assert err.value.body["code"] == code
+
+
+def test_files_that_cannot_train_are_400(client, train_file):
+    few = client.files.create(file=("few.jsonl", b"".join(
+        json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}).encode() + b"\n" for i in range(3))), purpose="fine-tune")
+    bad = client.files.create(file=("bad.jsonl", b"{not json\n"), purpose="fine-tune")
+    other = client.files.create(file=("notes.txt", b"hello"), purpose="user_data")
+    for fid, code, words in ((few.id, "invalid_n_examples", "3 example(s)"), (bad.id, "invalid_training_file", "line 1"),
+                             (other.id, "invalid_training_file", "purpose")):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.fine_tuning.jobs.create(model="tiny", training_file=fid)
+        assert err.value.body["code"] == code and err.value.body["param"] == "training_file"
+        assert words in err.value.body["message"]
+
+
+# ---- a whole job -----------------------------------------------------------------------------
+
+
+def test_a_job_trains_reports_and_its_model_answers_at_once(client, train_file, server):
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id, suffix="pirate", seed=7,
+                                         metadata={"run": "walkthrough"},
+                                         method={"type": "supervised", "supervised": {"hyperparameters": {
+                                             "n_epochs": "auto", "batch_size": 4, "learning_rate_multiplier": 2}}},
+                                         extra_body={"tailor": {**FAST, "save_every": 2}})
+    assert job.id.startswith("ftjob-") and job.status in ("queued", "running") and job.seed == 7
+    assert job.hyperparameters.n_epochs == 8  # "auto" for 12 examples: min(25, 100 // 12)
+    assert job.hyperparameters.batch_size == 4 and job.hyperparameters.learning_rate_multiplier == 2
+    assert job.metadata == {"run": "walkthrough"}
+    done = _wait(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model == f"ft:tiny:default:pirate:{job.id[6:14]}"
+    assert done.finished_at >= done.created_at and done.trained_tokens > 0 and done.estimated_finish is not None
+
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    messages = [e.message for e in events]
+    assert messages[0] == "The job has successfully completed" and messages[-1].startswith("Validating training file")
+    steps = [e.data["step"] for e in events if e.type == "metrics" and "train_loss" in e.data]
+    assert steps == [3, 2, 1]  # newest first, one per logged step
+    first = client.fine_tuning.jobs.list_events(job.id, limit=2)
+    assert len(first.data) == 2 and first.has_more
+    second = client.fine_tuning.jobs.list_events(job.id, limit=2, after=first.data[-1].id)
+    assert [e.id for e in second.data] == [e.id for e in events[2:4]]
+
+    ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert sorted(c.step_number for c in ckpts) == [2, 3]
+    assert all(c.fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-{c.step_number}" for c in ckpts)
+
+    csv = client.files.content(done.result_files[0]).text.splitlines()
+    assert csv[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    assert [row.split(",")[0] for row in csv[1:]] == ["1", "2", "3"]
+
+    cards = {m.id: m for m in client.models.list()}
+    assert cards[done.fine_tuned_model].owned_by == "default"
+    for model in (done.fine_tuned_model, ckpts[-1].fine_tuned_model_checkpoint):
+        r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}],
+                                           max_tokens=4, temperature=0)
+        assert r.model == model and r.usage.completion_tokens >= 1
+
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"run": "walkthrough"})] == [job.id]
+    again = client.fine_tuning.jobs.create(model=done.fine_tuned_model, training_file=train_file.id, suffix="more",
+                                           extra_body={"tailor": {**FAST, "max_steps": 2}})  # a fine-tune of a fine-tune
+    again = _wait(client, again.id)
+    assert again.status == "succeeded", again.error
+    assert again.fine_tuned_model.startswith("ft:tiny:default:more:")
+    r = client.chat.completions.create(model=again.fine_tuned_model, messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=2)
+    assert r.usage.completion_tokens >= 1
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.cancel(job.id)  # finished: a 400, never a retried 409
+
+
+def test_cancel_a_running_job_and_a_queued_one(client, train_file):
+    long = {**FAST, "max_steps": 500}
+    running = client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id, extra_body={"tailor": long},
+                                             hyperparameters={"batch_size": 2})  # the older top-level form
+    queued = client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id, extra_body={"tailor": long})
+    _wait(client, running.id, ("running",))
+    assert client.fine_tuning.jobs.retrieve(queued.id).status == "queued"  # one job at a time
+    assert client.fine_tuning.jobs.cancel(queued.id).status == "cancelled"
+    deadline = time.time() + 120
+    while not [e for e in client.fine_tuning.jobs.list_events(running.id) if e.type == "metrics"]:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    client.fine_tuning.jobs.cancel(running.id)
+    done = _wait(client, running.id)
+    assert done.status == "cancelled" and done.fine_tuned_model is None
+    assert client.fine_tuning.jobs.list_events(running.id).data[0].message == "Fine-tuning job cancelled"
+
+
+def test_job_ids_that_do_not_exist_are_404(client):
+    for bad in ("ftjob-nope", "../service.db", "ftjob-x%2F..%2F.."):
+        with pytest.raises(openai.NotFoundError):
+            client.fine_tuning.jobs.retrieve(bad)
+        with pytest.raises(openai.NotFoundError):
+            client.fine_tuning.jobs.list_events(bad)
+
+
+def test_a_job_whose_training_fails_ends_failed_with_the_reason(client, train_file):
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id,
+                                         extra_body={"tailor": {**FAST, "max_length": 4}})  # drops every example
+    done = _wait(client, job.id)
+    assert done.status == "failed" and done.finished_at is not None
+    assert done.error.code == "invalid_training_file"
+    assert done.error.message.startswith(f"{train_file.id}: no example is left to train on")
+    assert "lines 1, 2, 3" in done.error.message  # names the lines, never the job folder's path
+    assert client.fine_tuning.jobs.list_events(job.id).data[0].level == "error"
+
+
+def test_pause_then_resume_continues_to_the_end_reporting_each_step_once(client, train_file):
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id, hyperparameters={"batch_size": 2},
+                                         extra_body={"tailor": {**FAST, "max_steps": 12, "save_every": 2}})
+    deadline = time.time() + 120
+    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    client.fine_tuning.jobs.pause(job.id)
+    paused = _wait(client, job.id, ("paused", "succeeded"))
+    if paused.status == "paused":  # (a fast machine may finish 12 steps before the signal lands)
+        with pytest.raises(openai.BadRequestError):
+            client.fine_tuning.jobs.pause(job.id)
+        assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    done = _wait(client, job.id)
+    assert done.status == "succeeded", done.error
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    steps = sorted(e.data["step"] for e in events if e.type == "metrics" and "train_loss" in e.data)
+    assert steps == list(range(1, 13))
+    if paused.status == "paused":
+        assert {"Fine-tuning job paused", "Fine-tuning job resumed"} <= {e.message for e in events}
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.resume(job.id)
+
+
+def test_a_queued_job_whose_file_was_deleted_fails_and_the_queue_moves_on(client, server, train_file, tmp_path):
+    data = write_chat_jsonl(tmp_path / "t.jsonl", 12, seed=5).read_bytes()
+    f = client.files.create(file=("t.jsonl", data), purpose="fine-tune")
+    service = server["service"]
+    service.worker.max_jobs = 0  # hold the queue while the file goes away
+    try:
+        doomed = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, extra_body={"tailor": FAST})
+        after = client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id,
+                                               extra_body={"tailor": FAST})
+        client.files.delete(f.id)
+    finally:
+        service.worker.max_jobs = 1
+    failed = _wait(client, doomed.id)
+    assert failed.status == "failed" and failed.error.code == "invalid_training_file"
+    assert f.id in failed.error.message
+    assert _wait(client, after.id).status == "succeeded"
+
+
+def test_job_listing_pages_newest_first_with_has_more(client, server, train_file):
+    server["service"].worker.max_jobs = 0  # hold the queue: these jobs only need to exist
+    try:
+        made = [client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id, metadata={"page": "yes"},
+                                               extra_body={"tailor": FAST}).id for _ in range(3)]
+        page = client.fine_tuning.jobs.list(limit=2, metadata={"page": "yes"})
+        assert [j.id for j in page.data] == made[::-1][:2] and page.has_more
+        rest = client.fine_tuning.jobs.list(limit=2, after=page.data[-1].id, metadata={"page": "yes"})
+        assert [j.id for j in rest.data] == made[:1] and not rest.has_more
+        every = client.fine_tuning.jobs.list(limit=2, metadata={"page": "yes"})  # iterating follows the pages
+        assert [j.id for j in every] == made[::-1]
+        for jid in made:
+            assert client.fine_tuning.jobs.cancel(jid).status == "cancelled"
+    finally:
+        server["service"].worker.max_jobs = 1
