@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.tailor-installed
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast bench install gguf clean
 
 install: $(STAMP)
 
@@ -23,6 +23,13 @@ $(STAMP): pyproject.toml
 	@$(PY) -c "import tailor, transformers, peft, fastapi, openai, pytest"
 	@touch $@
 
+# llama.cpp's Python binding, for the GGUF round-trip tests and the bench's decode peer. PyPI has
+# only its source, built with the machine's compiler (7-13 minutes on 2 cores, once; pip caches
+# the wheel). Optional: without it those tests skip and say why. CI installs it.
+gguf: $(STAMP)
+	@$(PY) -c "import llama_cpp" 2>/dev/null || $(PIP) install -e '.[test,gguf]' 2>&1 | grep -v "is ignored" || true
+	@$(PY) -c "import llama_cpp"
+
 demo: $(STAMP)
 	@$(PY) examples/demo.py
 
@@ -32,7 +39,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	@$(PY) -m pytest -q -m "not integration"
 
-bench: $(STAMP)
+bench: $(STAMP) gguf
 	@$(PIP) install -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
 	@$(PY) bench/run.py
 

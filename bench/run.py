@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -122,7 +123,10 @@ def bench_generate(model: str) -> dict:
     hf = run_json("peer_hf_generate.py", "--model", model, "--dtype", "bfloat16")
     ours = run_json("run_tailor_generate.py", "--model", model, "--dtype", "bfloat16")
     serve = run_json("run_tailor_serve.py", "--model", model, timeout=1200)
-    return {"hf": hf, "tailor": ours, "serve": serve}
+    llama = {}  # llama.cpp, what users would run instead for local inference (the `gguf` extra)
+    if importlib.util.find_spec("llama_cpp") is not None:
+        llama = {q: run_json("peer_llama_cpp.py", "--model", model, "--quant", q) for q in ("f16", "q8_0")}
+    return {"hf": hf, "tailor": ours, "serve": serve, "llama_cpp": llama}
 
 
 def bench_data(model: str) -> dict:
@@ -162,6 +166,12 @@ def write_results(info: dict, peak: dict, train_table, gen, data, args) -> str:
                   "| figure | HF generate | tailor | ratio |", "|---|---|---|---|",
                   f"| batch-1 decode tokens/s | {hf['tokens_per_s']:.1f} | {ours['tokens_per_s']:.1f} | "
                   f"{ratio(ours['tokens_per_s'], hf['tokens_per_s'])} |", ""]
+        if gen.get("llama_cpp"):  # the same prompt and decode, through `tailor export` and llama-cpp-python
+            lines += ["| batch-1 decode tokens/s | llama.cpp (2 threads) | tailor bf16 | tailor/llama.cpp |",
+                      "|---|---|---|---|"]
+            lines += [f"| {q} GGUF | {peer['tokens_per_s']:.1f} | {ours['tokens_per_s']:.1f} | "
+                      f"{ratio(ours['tokens_per_s'], peer['tokens_per_s'])} |" for q, peer in gen["llama_cpp"].items()]
+            lines += [""]
         lines += ["| server clients | total tokens/s | vs 1 client |", "|---|---|---|"]
         base = serve["clients"]["1"]
         lines += [f"| {c} | {v:.1f} | {ratio(v, base)} |" for c, v in serve["clients"].items()]

@@ -82,6 +82,10 @@ def main() -> None:
           f"peak memory {result.peak_rss_mb / 1024:.1f} GB, final validation loss {result.val.get('val_loss', float('nan')):.3f}")
     print(f"Outputs: {result.final} (adapter + tokenizer + model card), {out / 'loss.png'}, {out / 'metrics.jsonl'}")
     print(f"Chat with it:  .venv/bin/tailor chat --model {result.final}")
+    print(f"Run it in llama.cpp / Ollama:  .venv/bin/tailor export {out} --gguf {out / 'pirate.gguf'} "
+          f"--ollama {out / 'ollama'}")
+    print(f"Share it on the Hugging Face Hub (needs HF_TOKEN or `hf auth login`):  "
+          f".venv/bin/tailor push {out} YOUR_NAME/pirate-smollm2")
 
 
 if __name__ == "__main__":

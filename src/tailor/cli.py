@@ -22,6 +22,8 @@ COMMANDS = {
     "data": ("tailor.commands.data", "Check a dataset, or show an example with its training mask."),
     "train": ("tailor.commands.train", "Fine-tune a model (LoRA or full)."),
     "merge": ("tailor.commands.merge", "Fold a LoRA adapter into its base model."),
+    "export": ("tailor.commands.export", "Export a model to GGUF (llama.cpp), optionally with an Ollama Modelfile."),
+    "push": ("tailor.commands.push", "Upload a fine-tuned adapter or model to the Hugging Face Hub."),
     "serve": ("tailor.commands.serve", "Serve models behind an OpenAI-compatible HTTP API."),
 }
 
