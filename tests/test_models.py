@@ -122,3 +122,17 @@ def test_default_cache_matches_gguf_logits():
     with torch.no_grad():
         a, b = cached(ids).logits, direct(ids).logits
     assert torch.equal(a, b)
+
+
+@pytest.mark.integration
+def test_default_tokenizer_splits_digits_like_smollm2():
+    """SmolLM2's pre-tokenizer splits digits off before byte-level BPE ("smollm" in its GGUF);
+    transformers' GGUF loader does not know that name, so the conversion sets it: whitespace
+    before a digit stays one token, as in the model's pre-training and in llama.cpp."""
+    tok = models.load_tokenizer("default")
+    pieces = {s: [tok.decode([i]) for i in tok(s, add_special_tokens=False)["input_ids"]]
+              for s in ("\n\n3", "   1", "a  7b", "12345")}
+    assert pieces["\n\n3"] == ["\n\n", "3"]
+    assert pieces["   1"] == ["   ", "1"]
+    assert pieces["a  7b"] == ["a", "  ", "7", "b"]
+    assert pieces["12345"] == list("12345")

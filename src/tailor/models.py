@@ -145,9 +145,15 @@ def _pinned_default(text: str) -> Path:
     return gguf
 
 
+# Bumped when the conversion itself changes, so caches made by an older tailor are redone.
+# 2: the SmolLM pre-tokenizer (digits split before byte-level BPE), see _fix_pre_tokenizer.
+_CONVERSION_VERSION = 2
+
+
 def _gguf_cache_dir(gguf: Path) -> Path:
     st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    ident = f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}|v{_CONVERSION_VERSION}"
+    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return tailor_home() / "models" / f"{gguf.stem}-{key}"
 
 
@@ -170,6 +176,7 @@ def convert_gguf(gguf: Path) -> Path:
         gmodel = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except Exception as exc:  # corrupt or unsupported file: the loader's own error is the detail
         raise TailorError(f"Could not read GGUF file {gguf}: {exc}") from exc
+    _fix_pre_tokenizer(tok, gguf)
     config = gmodel.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -189,6 +196,24 @@ def convert_gguf(gguf: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _fix_pre_tokenizer(tok, gguf: Path) -> None:
+    """Give the tokenizer the pre-tokenizer its vocabulary was trained with, where transformers'
+    GGUF loader does not know the file's `tokenizer.ggml.pre` and falls back to GPT-2's.
+
+    SmolLM ("smollm", the embedded default) splits digits off before byte-level BPE; without that,
+    "\n\n3" became three tokens instead of two, so fine-tuning and serving saw text split unlike
+    the model's pre-training (and unlike llama.cpp, which knows "smollm")."""
+    from gguf import GGUFReader
+    from tokenizers import pre_tokenizers
+
+    field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.pre")
+    name = str(field.contents()) if field is not None else None
+    if name == "smollm":
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,10 +53,11 @@ def pre_tokenizer_name(tokenizer, tokenizer_json: dict) -> str:
     """llama.cpp's name for this tokenizer's pre-tokenizer.
 
     The folder's own pre-tokenizer, when it is exactly one of the known layouts, wins over the
-    hash: the hash is blind to some differences. SmolLM2's tokenizer as transformers rebuilds it
-    from a GGUF (tailor's default model) lacks SmolLM's digit splitting, yet hashes as "smollm";
-    exporting "smollm" would make llama.cpp cut "   1" or "\n\n3" differently from the
-    tokenizer the model was fine-tuned and is served with. The hash decides for other layouts.
+    hash: the hash is blind to some differences. A SmolLM2 tokenizer without the digit split
+    (transformers' GGUF loader rebuilds one; tailor.models restores the split for its default)
+    still hashes as "smollm", yet llama.cpp would then cut "   1" or "\n\n3" unlike the tokenizer
+    the model was fine-tuned and is served with; its layout says "gpt-2". The hash decides for
+    other layouts.
     """
     name = _name_by_shape(tokenizer_json.get("pre_tokenizer") or {})
     if name:
