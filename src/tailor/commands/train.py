@@ -3,7 +3,10 @@
 The YAML file and the flags map onto one TrainConfig; flags win. `--resume OUT_DIR` continues
 the run saved there (its saved config, with any flags given now on top; a flag that would change
 the run's plan is refused, see tailor.train.session.RESUME_REFUSES). Exit status: 0 when done,
-130 after Ctrl-C and 143 after SIGTERM (a checkpoint saved, the resume command printed)."""
+130 after Ctrl-C and 143 after SIGTERM (a checkpoint saved, the resume command printed).
+
+`--nproc N` runs the same command again as N processes through torchrun (tailor.train.distributed);
+`torchrun --nproc-per-node N -m tailor train ...` does the same, and spans machines with --nnodes."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from tailor.train import TrainConfig, resume_config, train
+    from tailor.train import TrainConfig, distributed, resume_config, train
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config_file", "quiet")}
     file_values = config.read_yaml(args.config_file) if args.config_file else {}
@@ -31,8 +34,11 @@ def run(args) -> int:
         cfg = resume_config(out, **{**file_values, **flags})
     else:
         cfg = config.build(TrainConfig, file_values, flags)
+    if cfg.nproc > 1 and not distributed.launched():
+        return distributed.relaunch(cfg, quiet=args.quiet)
     result = train(cfg, quiet=args.quiet)
     if result.interrupted:  # 128 + the signal, as a shell reports a process it killed: 130 Ctrl-C, 143 SIGTERM
         return 128 + (result.stop_signal or signal.SIGINT)
-    print(result.final)
+    if distributed.is_main():
+        print(result.final)
     return 0

@@ -36,8 +36,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(out_dir: Path, *, model, tokenizer, optimizer, scheduler, meta: dict, keep: int) -> Path:
-    """Write checkpoint-{step:06d} atomically, then drop all but the newest `keep`."""
+def save(out_dir: Path, *, model, tokenizer, optimizer, scheduler, meta: dict, keep: int,
+         rank_rngs: list | None = None) -> Path:
+    """Write checkpoint-{step:06d} atomically, then drop all but the newest `keep`. Under torchrun
+    rank 0 writes it, with every rank's RNG states (`rank_rngs`, in rank order)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{PREFIX}{meta['step']:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir))
@@ -45,7 +47,7 @@ def save(out_dir: Path, *, model, tokenizer, optimizer, scheduler, meta: dict, k
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state()}, tmp / "state.pt")
+                    "rng": rng_state(), "rank_rngs": rank_rngs}, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if target.exists():  # a re-save of the same step (e.g. the final one after an interrupt)
             shutil.rmtree(target)
@@ -74,9 +76,10 @@ def read_meta(ckpt: Path) -> dict:
     return json.loads((ckpt / "meta.json").read_text())
 
 
-def load_state(ckpt: Path, optimizer, scheduler) -> None:
-    """Restore optimizer, scheduler and RNGs (the weights are loaded with the model)."""
+def load_state(ckpt: Path, optimizer, scheduler, *, rank: int = 0) -> None:
+    """Restore optimizer, scheduler and RNGs (the weights are loaded with the model); under
+    torchrun, each rank its own RNGs."""
     state = torch.load(ckpt / "state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rank_rngs"][rank] if state.get("rank_rngs") else state["rng"])

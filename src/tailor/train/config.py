@@ -108,6 +108,10 @@ class TrainConfig:
     """Tailor's fused training forward for Llama-family models (faster on CPU; the same loss up to rounding); --no-fused runs the Hugging Face modules, to compare or troubleshoot. TAILOR_FUSED=0 in the environment also turns it off, and is recorded here."""
     device: str | None = None
     """cpu or cuda (default: cuda when available)."""
+    nproc: int = 1
+    """Train as this many processes on this machine (one per GPU, or CPU processes), re-launching through torchrun; --batch-size is each process's, so the global batch is batch-size x grad-accum x processes. Under torchrun itself this is ignored (its --nproc-per-node and --nnodes decide)."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """With several processes: ddp (every process holds the whole model; gradients are summed across processes each step). fsdp (sharded full fine-tuning) is not implemented yet."""
 
 
 def env_overrides() -> dict[str, tuple[object, str]]:
@@ -127,7 +131,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if not cfg.data and not cfg.resume:
         problems.append("data: give a training file with --data train.jsonl")
     positive = {"batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "max_length": cfg.max_length,
-                "lora_r": cfg.lora_r, "log_every": cfg.log_every, "keep_checkpoints": cfg.keep_checkpoints}
+                "lora_r": cfg.lora_r, "log_every": cfg.log_every, "keep_checkpoints": cfg.keep_checkpoints,
+                "nproc": cfg.nproc}
     for name in ("batch_tokens", "max_steps", "eval_every", "save_every"):
         if getattr(cfg, name) is not None:
             positive[name] = getattr(cfg, name)
@@ -144,9 +149,22 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         problems.append("qlora/dora: only apply to --method lora")
     if cfg.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
         problems.append(f"dtype: {cfg.dtype!r} is not one of auto, float32, bfloat16, float16")
+    if cfg.parallel == "fsdp":
+        problems.append("parallel: fsdp (FSDP2 sharding of a full fine-tune) is not implemented yet; use --parallel "
+                        "ddp, where every process holds the whole model")
     if problems:
         raise UsageError("Invalid training config:\n  " + "\n  ".join(problems))
     return cfg
+
+
+def global_batch(cfg: TrainConfig, world: int) -> str:
+    """What one optimizer step trains on, in words (stated in the log and config.yaml)."""
+    procs = f"{world} process{'es' if world > 1 else ''}"
+    if cfg.batch_tokens is not None:
+        return (f"up to {cfg.batch_tokens * cfg.grad_accum * world} tokens per optimizer step "
+                f"(batch_tokens {cfg.batch_tokens} x grad_accum {cfg.grad_accum} x {procs})")
+    return (f"{cfg.batch_size * cfg.grad_accum * world} examples per optimizer step "
+            f"(batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {procs})")
 
 
 def to_dict(cfg: TrainConfig) -> dict:

@@ -3,7 +3,9 @@
 forward (model body) -> loss over trained tokens (chunked lm_head + CE) -> backward, for each
 micro-batch of the step -> clip -> optimizer step -> lr schedule -> log -> eval -> save.
 The loss of a step is the sum over all its micro-batches' trained tokens divided by their total
-count, so grad-accum 4 x batch 1 gives the very gradient of batch 4.
+count, so grad-accum 4 x batch 1 gives the very gradient of batch 4. Under torchrun each rank
+trains its share of the step's micro-batches and the gradients are summed across ranks, so N
+ranks give the gradient of one process with the same global batch (see train/distributed.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from tailor.train import distributed
 from tailor.train.batches import collate, step_trained
 from tailor.train.config import TrainConfig
 from tailor.train.loss import batch_loss
@@ -56,8 +59,10 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     from tailor.export import hub
     from tailor.train.session import Session
 
-    token = hub.preflight(cfg.push_to_hub) if cfg.push_to_hub else None
-    with _quiet_libraries():
+    from tailor import models
+
+    with _quiet_libraries(), distributed.process_group(models.pick_device(cfg.device)):
+        token = hub.preflight(cfg.push_to_hub) if cfg.push_to_hub and distributed.is_main() else None
         session = Session.open(cfg, quiet=quiet)
         try:
             result = _run(session)
@@ -76,7 +81,7 @@ def _run(s) -> TrainResult:
         _steps(s, body, head, params, stop)
     finally:
         stop.restore()
-    return s.interrupted(stop.signum) if stop.requested and s.position.step < s.total_steps else s.finish()
+    return s.interrupted(stop.agreed) if stop.requested and s.position.step < s.total_steps else s.finish()
 
 
 def _steps(s, body, head, params, stop) -> None:
@@ -88,15 +93,17 @@ def _steps(s, body, head, params, stop) -> None:
             pos.epoch, pos.index = pos.epoch + 1, 0
             continue
         step = plan[pos.index]
-        n_trained = step_trained(s.data.train, step)  # the whole step's denominator, known up front
+        n_trained = step_trained(s.data.train, step)  # the whole (global) step's denominator, known up front
         loss_sum, tokens, t0 = 0.0, 0, time.perf_counter()
-        for micro in step:
+        for micro in distributed.share(step, s.rank, s.world):  # one process: the whole step
             batch = collate(s.data.train, micro, batching=cfg.batching, max_length=cfg.max_length, pad_id=s.pad_id)
             with s.precision.autocast():
                 token_losses, _ = batch_loss(body, head, batch, s.precision.compute, accuracy=False)
             (token_losses / n_trained).backward()
             loss_sum += token_losses.item()
             tokens += batch.tokens
+        distributed.sum_gradients(params)  # every rank's share -> the whole step's gradient
+        loss_sum, tokens = distributed.total(loss_sum, tokens)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
         lr = opt.param_groups[0]["lr"]
         opt.step()
@@ -112,6 +119,7 @@ def _steps(s, body, head, params, stop) -> None:
             window_tokens, window_time = 0, 0.0
         if pos.step % s.eval_every == 0 and pos.step < s.total_steps:
             s.evaluate()
+        stop.agree()  # every rank stops after the same step, whichever got the signal
         if (pos.step % s.save_every == 0 or stop.requested) and pos.step < s.total_steps:
             s.save_checkpoint()
 
@@ -119,26 +127,40 @@ def _steps(s, body, head, params, stop) -> None:
 class _StopFlag:
     """Ctrl-C (SIGINT) or SIGTERM (how clusters preempt a job and services stop one) asks the loop
     to stop after the current step; it then saves a checkpoint and says how to resume. A second
-    signal stops at once: KeyboardInterrupt for Ctrl-C, exit status 143 for SIGTERM."""
+    signal stops at once: KeyboardInterrupt for Ctrl-C, exit status 143 for SIGTERM. Under torchrun
+    a Ctrl-C reaches each rank twice (from the terminal, then passed on by torchrun): a repeat of
+    the same signal within a second or two is that one signal."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    ECHO_S = 2.0
 
     def __init__(self):
-        self.signum: int | None = None
+        self.signum: int | None = None  # the signal this process got
+        self.agreed: int | None = None  # the one all ranks act on, from the last `agree`
+        self._at = -math.inf
         self._old = {}
         if threading.current_thread() is threading.main_thread():
             self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return self.agreed is not None
+
+    def agree(self) -> None:
+        """Once per step, on every rank: a signal acts only from here, so that no rank saves (a
+        collective) while another starts the next step."""
+        self.agreed = distributed.highest(self.signum or 0) or None
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.signum is not None:
+            if signum == self.signum and time.monotonic() - self._at < self.ECHO_S and distributed.launched():
+                return
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             raise SystemExit(128 + signum)
-        self.signum = signum
+        self.signum, self._at = signum, time.monotonic()
+        if not distributed.is_main():
+            return
         print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
               "(send it again to stop at once)", file=sys.stderr, flush=True)
 

@@ -34,11 +34,23 @@ class JsonLines:
         return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
 
 
-def save_config(out: Path, cfg_dict: dict) -> None:
+class Discard:
+    """The log of a rank other than 0 under torchrun: only rank 0 writes the run's files."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def read(self) -> list[dict]:
+        return []
+
+
+def save_config(out: Path, cfg_dict: dict, *, note: str = "") -> None:
+    """config.yaml; `note` (e.g. the global batch) goes first as a comment, so the file still
+    loads as a config."""
     import yaml
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+    (out / "config.yaml").write_text(f"# {note}\n" * bool(note) + yaml.safe_dump(cfg_dict, sort_keys=False))
 
 
 def plot_losses(out: Path, train: list[dict], evals: list[dict]) -> Path | None:

@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from tailor.errors import TailorError, UsageError
-from tailor.train import checkpoint, outputs
+from tailor.train import checkpoint, distributed, outputs
 from tailor.train.batches import plan_epoch
-from tailor.train.config import TrainConfig, env_overrides, resolve, to_dict
+from tailor.train.config import TrainConfig, env_overrides, global_batch, resolve, to_dict
 from tailor.train.loop import Position, TrainResult, epochs_total, peak_rss_mb
 from tailor.train.loss import decoder_parts
 from tailor.train.progress import Progress
@@ -54,6 +54,9 @@ RESUME_SAFE = (
     # Execution: the same computation on other hardware or with another speed/memory trade-off (a
     # preempted job may resume elsewhere, where dtype auto picks differently anyway).
     "device", "dtype", "gradient_checkpointing", "compile", "fused",
+    # How the processes are launched and share the work: the number of processes that matters is
+    # the world size the checkpoint records, which check_resume compares on its own.
+    "nproc", "parallel",
     # The training file's path: its content is checked by hash instead, so a moved file is fine.
     "data",
 )
@@ -71,7 +74,7 @@ RESUME_REFUSES = (
 )
 
 
-def check_resume(meta: dict, cfg: TrainConfig, out: Path) -> None:
+def check_resume(meta: dict, cfg: TrainConfig, out: Path, world: int = 1) -> None:
     """Refuse a resume whose config would move the checkpoint's position onto another plan: every
     changed key (any key not in RESUME_SAFE, so a new field is refused until classified) with
     its saved and new value, and the fix, in one message."""
@@ -80,9 +83,15 @@ def check_resume(meta: dict, cfg: TrainConfig, out: Path) -> None:
     saved, now = meta["config"], to_dict(cfg)
     changed = [k for k in now if k in saved and k not in RESUME_SAFE + ("resume", "out") and saved[k] != now[k]]
     lines = [f"{k}: saved {saved[k]}, now {now[k]}" for k in changed] + _length_problems(meta, cfg)
+    saved_world = meta.get("world_size", 1)
+    if saved_world != world:
+        lines.append(f"world_size: saved {saved_world}, now {world} (each step's micro-batches are dealt to the "
+                     "processes, so the plan depends on their number)")
     if not lines:
         return
     fix = f"To continue this run exactly, drop {', '.join(flag(k) for k in changed)}. " if changed else ""
+    if saved_world != world:
+        fix += f"Resume with {saved_world} process(es): --nproc {saved_world}, or torchrun --nproc-per-node. "
     raise UsageError(
         f"--resume {out}: this would not continue the saved run (it is at step {meta['step']}, epoch "
         f"{meta['epoch']:.2f}, on the plan its saved config makes):\n  " + "\n  ".join(lines) + "\n"
@@ -104,16 +113,20 @@ class Session:
     def open(cls, cfg: TrainConfig, *, quiet: bool = False) -> "Session":
         self = cls()
         self.t_start = time.perf_counter()
+        self.rank, self.world = distributed.rank(), distributed.world()
+        self.is_main = self.rank == 0
+        quiet = quiet or not self.is_main  # one voice: rank 0's
         ckpt = _latest_or_error(Path(cfg.resume)) if cfg.resume else None
         if ckpt is not None:
             cfg = dataclasses.replace(cfg, out=cfg.resume)
         self.cfg = cfg = resolve(cfg)
         if ckpt is not None:  # before anything loads or is written
-            check_resume(checkpoint.read_meta(ckpt), cfg, Path(cfg.resume))
+            check_resume(checkpoint.read_meta(ckpt), cfg, Path(cfg.resume), self.world)
         self.out = Path(cfg.out)
         self.quiet = quiet
         self._say = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
         self._say("tailor train: resolved config\n" + _indent(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
+        self._say(f"global batch: {global_batch(cfg, self.world)}")
         for name, (value, why) in env_overrides().items():
             self._say(f"note: {why}: {name} is {value} for this run (recorded in config.yaml)")
         self._load(ckpt)
@@ -154,19 +167,26 @@ class Session:
     def _restore(self, ckpt):
         self.position = Position()
         if ckpt is None:
-            self.metrics = outputs.JsonLines(self.out / "metrics.jsonl")
-            self.evals = outputs.JsonLines(self.out / "eval.jsonl")
-            outputs.save_config(self.out, to_dict(self.cfg))
+            if self.is_main:
+                self.metrics = outputs.JsonLines(self.out / "metrics.jsonl")
+                self.evals = outputs.JsonLines(self.out / "eval.jsonl")
+                note = f"global batch: {global_batch(self.cfg, self.world)}"
+                outputs.save_config(self.out, to_dict(self.cfg), note=note)
+            else:
+                self.metrics = self.evals = outputs.Discard()
             self.last_val, self.last_saved, self.last_eval = {}, -1, -1
             return
         meta = checkpoint.read_meta(ckpt)
         if meta["data_fingerprint"] != self.data.fingerprint:
             raise TailorError(f"--resume {self.out}: {self.cfg.data} is not the file this run was trained on "
                               "(its content changed); exact resume needs the same data.")
-        checkpoint.load_state(ckpt, self.optimizer, self.scheduler)
+        checkpoint.load_state(ckpt, self.optimizer, self.scheduler, rank=self.rank)
         self.position = Position(**meta["position"])
-        self.metrics = outputs.JsonLines(self.out / "metrics.jsonl", rewind_to=self.position.step)
-        self.evals = outputs.JsonLines(self.out / "eval.jsonl", rewind_to=self.position.step)
+        if self.is_main:
+            self.metrics = outputs.JsonLines(self.out / "metrics.jsonl", rewind_to=self.position.step)
+            self.evals = outputs.JsonLines(self.out / "eval.jsonl", rewind_to=self.position.step)
+        else:
+            self.metrics = self.evals = outputs.Discard()
         self.last_val, self.last_saved, self.last_eval = meta.get("val", {}), self.position.step, -1
         self._say(f"resumed from {ckpt} at step {self.position.step} (epoch {self.position.epoch}, "
                   f"{self.position.index} steps into it)")
@@ -176,19 +196,27 @@ class Session:
 
     def _plan(self, epoch: int):
         c = self.cfg
+        # the global plan: each step has every rank's micro-batches (dealt by distributed.share)
         return plan_epoch(self.data.lengths, epoch, seed=c.seed, batch_size=c.batch_size, batch_tokens=c.batch_tokens,
-                          grad_accum=c.grad_accum, batching=c.batching, max_length=c.max_length)
+                          grad_accum=c.grad_accum * self.world, batching=c.batching, max_length=c.max_length)
 
     # ---- side effects the loop calls -------------------------------------------------------
 
     def log_step(self, record: dict) -> None:
+        """Every rank calls it with the same (all-reduced) record; rank 0 writes it."""
         self.metrics.write(record)
         self.progress.step(record)
 
     def evaluate(self) -> dict:
+        """Rank 0 evaluates while the other ranks wait at a barrier."""
+        self.last_eval = self.position.step
+        val = self._evaluate() if self.is_main else {}
+        distributed.barrier()
+        return val
+
+    def _evaluate(self) -> dict:
         from tailor.train.evaluate import sample_answers, validation_loss
 
-        self.last_eval = self.position.step
         if not self.data.val:
             return {}
         val = validation_loss(self.model, self.data.val, self.cfg, self.precision, self.pad_id)
@@ -204,21 +232,29 @@ class Session:
         return val
 
     def save_checkpoint(self) -> Path:
+        """Every rank calls it (RNG states are gathered); rank 0 writes; the others wait."""
+        rank_rngs = distributed.gather(checkpoint.rng_state())
+        path = self.out / f"{checkpoint.PREFIX}{self.position.step:06d}"
+        if self.is_main:
+            self._write_checkpoint(rank_rngs)
+        distributed.barrier()
+        self.last_saved = self.position.step
+        return path
+
+    def _write_checkpoint(self, rank_rngs) -> None:
         meta = {"step": self.position.step, "epoch": self.position.epoch + self.position.index / max(1, len(self.plan(self.position.epoch))),
                 "position": dataclasses.asdict(self.position), "tokens_seen": self.position.tokens_seen,
                 "config": to_dict(self.cfg), "data_fingerprint": self.data.fingerprint, "val": self.last_val,
                 "losses": [r["loss"] for r in self.metrics.read()], "base_model": self.base.ref,
-                "base_folder": str(self.base.folder)}
-        path = checkpoint.save(self.out, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
-                               scheduler=self.scheduler, meta=meta, keep=self.cfg.keep_checkpoints)
-        self.last_saved = self.position.step
-        return path
+                "base_folder": str(self.base.folder), "world_size": self.world}
+        checkpoint.save(self.out, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
+                        scheduler=self.scheduler, meta=meta, keep=self.cfg.keep_checkpoints, rank_rngs=rank_rngs)
 
     def interrupted(self, signum: int | None = None) -> TrainResult:
         if self.last_saved != self.position.step:
             self.save_checkpoint()
         text = f"stopped at step {self.position.step}; checkpoint saved. Resume with:\n  tailor train --resume {self.out}"
-        if self.quiet:  # the run exits non-zero: even --quiet says how to continue it
+        if self.quiet and self.is_main:  # the run exits non-zero: even --quiet says how to continue it
             print(text, file=sys.stderr, flush=True)
         else:
             self.progress.say(text)
@@ -229,6 +265,13 @@ class Session:
             self.evaluate()
         if self.last_saved != self.position.step:
             self.save_checkpoint()
+        final = self.out / "final"
+        if self.is_main:
+            self._write_final()
+        distributed.barrier()  # final/ is complete before any rank returns it
+        return self._result(final=final, interrupted=False)
+
+    def _write_final(self) -> None:
         train_log, eval_log = self.metrics.read(), self.evals.read()
         outputs.plot_losses(self.out, train_log, eval_log)
         card = outputs.model_card(cfg=to_dict(self.cfg), base=self.base, data_stats=self._data_stats(),
@@ -236,7 +279,6 @@ class Session:
         final = outputs.write_final(self.out, self.model, self.tokenizer, stop_ids=self.data.prepared.stop_token_ids,
                                     card=card, method=self.cfg.method)
         self.progress.say(f"done: {final} (metrics {self.out / 'metrics.jsonl'}, curve {self.out / 'loss.png'})")
-        return self._result(final=final, interrupted=False)
 
     def _data_stats(self) -> dict:
         lengths = self.data.lengths

@@ -122,8 +122,9 @@ def precision(cfg) -> Precision:
     import torch
 
     from tailor import models
+    from tailor.train import distributed
 
-    device = models.pick_device(cfg.device)
+    device = distributed.local_device(models.pick_device(cfg.device))  # under torchrun, this rank's GPU
     compute = models.pick_dtype(cfg.dtype, device)
     notes = []
     if compute == torch.float16:  # fp16 needs loss scaling; fp32 is the safe choice here
