@@ -5,9 +5,11 @@
    alternating TRL, tailor, TRL, tailor, ... for --rounds rounds, warm-up step not timed.
 2. Generation: tailor's engine vs HF `model.generate` at batch 1; the server at 1, 4, 8 clients.
 3. Data: `tailor data check` + rendering vs TRL's dataset preparation, examples/s.
+4. Service: chat latency idle vs while a fine-tuning job trains, and job create -> first token of
+   the fine-tuned model on examples/pirate.jsonl (bench/service_latency.py).
 Every ratio compares figures measured in this same run. Results: bench/RESULTS.md and a table.
 
-    .venv/bin/python bench/run.py [--rounds 2] [--steps 8] [--only train,generate,data]
+    .venv/bin/python bench/run.py [--rounds 2] [--steps 8] [--only train,generate,data,service]
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def bench_data(model: str) -> dict:
     return {"trl": trl, "tailor": ours}
 
 
-def write_results(info: dict, peak: dict, train_table, gen, data, args) -> str:
+def write_results(info: dict, peak: dict, train_table, gen, data, args, service=None) -> str:
     lines = [
         "# tailor benchmark results",
         "",
@@ -181,6 +183,9 @@ def write_results(info: dict, peak: dict, train_table, gen, data, args) -> str:
                   "| figure | TRL | tailor | tailor/TRL |", "|---|---|---|---|",
                   f"| examples/s | {data['trl']['examples_per_s']:,.0f} | {data['tailor']['examples_per_s']:,.0f} | "
                   f"{ratio(data['tailor']['examples_per_s'], data['trl']['examples_per_s'])} |", ""]
+    if service:
+        lines += ["## Fine-tuning service (`tailor serve`, default model, bench/service_latency.py)", "",
+                  "```", service["table"], "```", ""]
     notes = HERE / "ANALYSIS.md"
     if notes.is_file():
         lines += [notes.read_text()]
@@ -191,7 +196,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--only", default="train,generate,data")
+    ap.add_argument("--only", default="train,generate,data,service")
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
     args = ap.parse_args()
     parts = set(args.only.split(","))
@@ -226,7 +231,13 @@ def main() -> None:
         gen = bench_generate(model)
     if "data" in parts:
         data = bench_data(model)
-    text = write_results(info, peak, train_table, gen, data, args)
+    service = None
+    if "service" in parts:
+        service = run_json("service_latency.py", "--model", model, timeout=3600)
+        from service_latency import table  # bench/ is on sys.path (see `import dataset`)
+
+        service["table"] = table(service)
+    text = write_results(info, peak, train_table, gen, data, args, service)
     Path(args.out).write_text(text + "\n")
     print("\n" + text)
 

@@ -8,6 +8,7 @@ local model's folder name (`RUN-final` / `RUN-checkpoint-N` for a training run's
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -22,8 +23,12 @@ class ServeConfig:
     """Address to listen on (0.0.0.0 exposes the server to the network; set --api-key then)."""
     port: int = 8000
     """Port to listen on."""
-    api_key: str | None = None
-    """Require 'Authorization: Bearer KEY' on every request but /health (default: $TAILOR_API_KEY, else none)."""
+    api_key: list[str] | None = None
+    """Require 'Authorization: Bearer KEY' on every request but /health (default: $TAILOR_API_KEY, else none).
+    Repeat it for several keys: each key is a project that sees only its own files, jobs and fine-tunes
+    (give 'KEY NAME' to name the project; one key alone is project `default`)."""
+    api_keys: str | None = None
+    """A file of 'KEY NAME' lines, one project per key (with or besides --api-key)."""
     dtype: str = "auto"
     """auto (bf16 where the hardware is fast at it), float32 or bfloat16."""
     max_batch: int = 16
@@ -48,6 +53,8 @@ class ServeConfig:
     """Largest file accepted by POST /v1/files, in MB; larger ones get HTTP 413."""
     max_jobs: int = 1
     """Fine-tuning jobs trained at the same time; the others wait their turn, first come first served."""
+    train_threads: int | None = None
+    """CPU threads of each training job (default: every core but one, which stays the server's)."""
 
 
 def add_arguments(parser) -> None:
@@ -56,7 +63,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--name", action="append", dest="names", default=None, metavar="ID",
                         help="Model id for the REF in the same position (repeat once per REF; default: `default`, "
                              "the hub id, or the folder's name).")
-    config.add_arguments(parser, ServeConfig)
+    config.add_arguments(parser, ServeConfig, skip=("api_key",))
+    parser.add_argument("--api-key", action="append", dest="api_key", default=argparse.SUPPRESS, metavar="KEY",
+                        help=config.field_docs(ServeConfig)["api_key"])
 
 
 def run(args) -> int:
@@ -73,16 +82,20 @@ def run(args) -> int:
     refs = args.refs or ["default"]
     hf_logging.disable_progress_bar()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    from tailor.service import Service, keys
+
+    # keys and the service first: a bad flag fails before the slow part, loading the models
+    api_keys = keys.load(cfg.api_key, cfg.api_keys, os.environ.get("TAILOR_API_KEY"))
+    service = Service(cfg.state, max_upload_bytes=cfg.max_upload_mb * 1024 * 1024, max_jobs=cfg.max_jobs,
+                      train_threads=cfg.train_threads)
     registry = Registry.load(refs, args.names, dtype=cfg.dtype, max_batch=cfg.max_batch, max_len=cfg.max_len,
                              chat_template=cfg.chat_template, max_queue=cfg.max_queue)
-    api_key = cfg.api_key if cfg.api_key is not None else os.environ.get("TAILOR_API_KEY") or None
-    from tailor.service import Service
-
-    service = Service(cfg.state, max_upload_bytes=cfg.max_upload_mb * 1024 * 1024, max_jobs=cfg.max_jobs)
-    app = create_app(registry, api_key=api_key, max_body=cfg.max_body_bytes, service=service,
+    app = create_app(registry, api_key=api_keys, max_body=cfg.max_body_bytes, service=service,
                      limits=Limits(max_n=cfg.max_n, max_prompts=cfg.max_prompts))
     for m in registry.models.values():
         print(f"serving {m.id!r} (context {m.max_len} tokens)", file=sys.stderr)
+    if len(api_keys.projects) > 1:  # names only: a key is never printed
+        print(f"projects (one per API key): {', '.join(api_keys.projects)}", file=sys.stderr)
     print(f"OpenAI-compatible API at http://{cfg.host}:{cfg.port}/v1", file=sys.stderr)
     # uvicorn drains requests on SIGTERM, then re-raises the signal to the previous handler:
     # make that a no-op so a requested shutdown exits 0 instead of dying by the signal.

@@ -7,7 +7,6 @@ Requests never name files: a model id is looked up in the registry and nothing e
 
 from __future__ import annotations
 
-import hmac
 import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,14 +14,15 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tailor.serve import chat, completions, errors
+from tailor.serve import chat, completions, dashboard, errors
 from tailor.serve.errors import APIError, model_not_found
 from tailor.serve.registry import Registry
 from tailor.serve.schemas import ChatRequest, CompletionRequest
 from tailor.serve.stream import off_loop
+from tailor.service.keys import DEFAULT_PROJECT, Keyring, project
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
-_OPEN_PATHS = {"/health"}
+_OPEN_PATHS = {"/health", *dashboard.OPEN_PATHS}  # the dashboard's page loads, then asks for the key
 
 
 @dataclass
@@ -42,12 +42,13 @@ class Limits:
 
 
 class Guard:
-    """ASGI middleware: the bearer key (compared in constant time) and the body size limit,
-    checked before FastAPI reads anything. The body is read here, at most `max_body` bytes,
-    and replayed to the app."""
+    """ASGI middleware: the bearer key (compared in constant time against every key) and the
+    body size limit, checked before FastAPI reads anything. The key's project goes into the
+    request's state (`request.state.project`), so routes show each project only its own. The
+    body is read here, at most `max_body` bytes, and replayed to the app."""
 
-    def __init__(self, app, api_key: str | None, max_body: int, upload_body: int | None = None):
-        self.app, self.api_key, self.max_body = app, api_key, max_body
+    def __init__(self, app, api_key: Keyring | None, max_body: int, upload_body: int | None = None):
+        self.app, self.keys, self.max_body = app, api_key or Keyring(), max_body
         self.upload_body = upload_body  # POST /v1/files has its own, larger cap (--max-upload-mb)
 
     async def __call__(self, scope, receive, send):
@@ -55,9 +56,11 @@ class Guard:
             return await self.app(scope, receive, send)
         send = _with_header(send, b"x-request-id", errors.new_request_id().encode())
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.api_key is not None and scope["path"] not in _OPEN_PATHS and not self._authorized(headers):
+        owner = self._project(headers) if self.keys else DEFAULT_PROJECT
+        if owner is None and scope["path"] not in _OPEN_PATHS:
             return await _reply(send, 401, "Incorrect API key provided. Pass it as 'Authorization: Bearer KEY'.",
                                 "invalid_api_key")
+        scope.setdefault("state", {})["project"] = owner
         limit = self.upload_body if self.upload_body and scope["path"] == "/v1/files" else self.max_body
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
@@ -83,10 +86,10 @@ class Guard:
 
         await self.app(scope, replay, send)
 
-    def _authorized(self, headers: dict) -> bool:
+    def _project(self, headers: dict) -> str | None:
         value = headers.get("authorization", "")
         token = value[7:].strip() if value[:7].lower() == "bearer " else ""
-        return hmac.compare_digest(token.encode(), self.api_key.encode())
+        return self.keys.project(token)
 
 
 def _with_header(send, name: bytes, value: bytes):
@@ -104,9 +107,11 @@ async def _reply(send, status: int, message: str, code: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(registry: Registry, *, api_key: str | None = None, max_body: int = MAX_BODY_BYTES,
+def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_body: int = MAX_BODY_BYTES,
                service=None, limits: Limits | None = None) -> FastAPI:
+    """`api_key`: one key (project `default`), or a Keyring of several, one project each."""
     limits = limits or Limits()
+    keys = Keyring({api_key: DEFAULT_PROJECT}) if isinstance(api_key, str) else api_key or Keyring()
 
     @asynccontextmanager
     async def lifespan(app):
@@ -118,27 +123,28 @@ def create_app(registry: Registry, *, api_key: str | None = None, max_body: int 
 
     app = FastAPI(title="tailor", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     errors.install(app)
-    app.add_middleware(Guard, api_key=api_key, max_body=max_body,
+    app.add_middleware(Guard, api_key=keys, max_body=max_body,
                        upload_body=service.max_upload_bytes + 65536 if service is not None else None)
     app.state.registry = registry
     if service is not None:  # the Files and Fine-tuning jobs routes (tailor.serve.finetune)
         from tailor.serve import finetune
 
         finetune.install(app, service, registry)
+    dashboard.install(app)  # the web page at / and its /v1/tailor extensions
 
-    def served(model_id: str):
-        m = registry.get(model_id)
+    def served(model_id: str, request: Request):
+        m = registry.get(model_id, project(request))  # another project's ft: model is as unknown as any
         if m is None:
             raise model_not_found(model_id)
         return m
 
     @app.get("/health")
     async def health():  # open to anyone: behind a key it tells nothing about what is served
-        return {"status": "ok"} if api_key is not None else {"status": "ok", "models": list(registry.models)}
+        return {"status": "ok"} if keys else {"status": "ok", "models": list(registry.visible(DEFAULT_PROJECT))}
 
     @app.get("/v1/models")
-    async def list_models(after: str | None = None):
-        cards = [m.card() for m in registry.models.values()]
+    async def list_models(request: Request, after: str | None = None):
+        cards = [m.card() for m in registry.visible(project(request)).values()]
         if after is not None:  # the SDK pages with after=<last id>; past the end is an empty page
             ids = [c["id"] for c in cards]
             cards = cards[ids.index(after) + 1:] if after in ids else []
@@ -146,12 +152,12 @@ def create_app(registry: Registry, *, api_key: str | None = None, max_body: int 
                 "first_id": cards[0]["id"] if cards else None, "last_id": cards[-1]["id"] if cards else None}
 
     @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str):
-        return served(model_id).card()
+    async def get_model(model_id: str, request: Request):
+        return served(model_id, request).card()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        model = served(body.model)
+        model = served(body.model, request)
         limits.check(body.n)
         if body.stream:
             return StreamingResponse(await off_loop(chat.stream_setup, body, model), media_type="text/event-stream")
@@ -159,7 +165,7 @@ def create_app(registry: Registry, *, api_key: str | None = None, max_body: int 
 
     @app.post("/v1/completions")
     async def legacy_completions(body: CompletionRequest, request: Request):
-        model = served(body.model)
+        model = served(body.model, request)
         limits.check(body.n, completions.prompt_count(body))
         if body.stream:
             return StreamingResponse(await off_loop(completions.stream_setup, body, model),

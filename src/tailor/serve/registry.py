@@ -26,6 +26,10 @@ class ServedModel:
     created: int = field(default_factory=lambda: int(time.time()))
     warning: str | None = None
     owned_by: str = "tailor"
+    project: str | None = None  # a fine-tune belongs to the project that made it; None: served to all
+
+    def visible_to(self, project: str | None) -> bool:
+        return self.project is None or self.project == project
 
     @property
     def max_len(self) -> int:
@@ -51,8 +55,15 @@ class Registry:
         # what add() needs to load more models into the same engines: bases, options, template
         self._later = ({}, dict(dtype="auto", device=None, max_batch=16, max_len=None, max_queue=None), None)
 
-    def get(self, model_id: str) -> ServedModel | None:
-        return self.models.get(model_id)
+    def get(self, model_id: str, project: str | None = ...) -> ServedModel | None:
+        """The model, or None when there is none by that id that `project` may see (no project
+        given: any model; requests always give theirs)."""
+        m = self.models.get(model_id)
+        return m if m is not None and (project is ... or m.visible_to(project)) else None
+
+    def visible(self, project: str | None) -> dict[str, ServedModel]:
+        """The models `project` may see: those served to all, and its own fine-tunes."""
+        return {k: m for k, m in self.models.items() if m.visible_to(project)}
 
     def start(self) -> None:
         self._started = True
@@ -79,13 +90,13 @@ class Registry:
             reg.refs[model_id] = ref
         return reg
 
-    def add(self, ref: str, model_id: str, *, owned_by: str = "tailor") -> ServedModel:
-        """Serve one more model while running (a fine-tune that just finished): an adapter joins
-        its base's engine if that base is loaded; anything else gets an engine, started now if
-        the registry is running."""
+    def add(self, ref: str, model_id: str, *, owned_by: str = "tailor", project: str | None = None) -> ServedModel:
+        """Serve one more model while running (a fine-tune that just finished), to `project`
+        only when one is given: an adapter joins its base's engine if that base is loaded;
+        anything else gets an engine, started now if the registry is running."""
         n_engines = len(self.engines)
         m = self._load_one(ref, model_id, *self._later)
-        m.owned_by = owned_by
+        m.owned_by, m.project = owned_by, project
         if self._started:
             for engine in self.engines[n_engines:]:
                 engine.start()

@@ -11,25 +11,28 @@ from typing import Callable
 from tailor.errors import UsageError
 from tailor.service import files, jobs
 from tailor.service.errors import ServiceError
+from tailor.service.keys import DEFAULT_PROJECT
 from tailor.service.store import Store
 from tailor.service.worker import Publisher, Worker
 
-DEFAULT_PROJECT = "default"
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 
 
 class Service:
     def __init__(self, root: str | os.PathLike | None = None, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                  max_jobs: int = 1, lookup: Callable[[str], str | None] | None = None,
-                 publish: Publisher | None = None):
+                 publish: Publisher | None = None, train_threads: int | None = None):
         """`lookup(model_id)` gives the reference behind a served model id (or None);
-        `publish(ref, model_id, owner)` starts serving a trained model."""
+        `publish(ref, model_id, owner)` starts serving a trained model; `train_threads` bounds
+        each training process's CPU threads (default: every core but the server's one)."""
         if max_jobs < 1 or max_upload_bytes < 1:
             raise UsageError(f"--max-jobs ({max_jobs}) and --max-upload-mb must be at least 1.")
+        if train_threads is not None and train_threads < 1:
+            raise UsageError(f"--train-threads is {train_threads}; give at least 1 (default: cores - 1).")
         self.store = Store(root)
         self.max_upload_bytes = max_upload_bytes
         self.lookup = lookup or (lambda model_id: None)
-        self.worker = Worker(self.store, max_jobs=max_jobs, publish=publish)
+        self.worker = Worker(self.store, max_jobs=max_jobs, publish=publish, train_threads=train_threads)
 
     def start(self) -> None:
         for job in self.store.all("jobs", where={"status": "succeeded"}):

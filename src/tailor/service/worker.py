@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -60,9 +61,19 @@ def _die_with_parent() -> None:
         pass
 
 
+def default_train_threads(cores: int | None = None) -> int:
+    """Every core but one: the one left is the server's, so chat stays responsive while a job
+    trains on the CPU (on a GPU the training threads only feed it, and one core is plenty)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 class Worker:
-    def __init__(self, store: Store, *, max_jobs: int = 1, publish: Publisher | None = None, poll: float = 0.25):
+    def __init__(self, store: Store, *, max_jobs: int = 1, publish: Publisher | None = None, poll: float = 0.25,
+                 train_threads: int | None = None):
         self.store, self.max_jobs, self.publish, self.poll = store, max_jobs, publish, poll
+        self.train_threads = train_threads or default_train_threads()
         self.runs: dict[str, _Run] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -156,11 +167,17 @@ class Worker:
         (folder / "job.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         self._start(job, folder, [str(folder / "job.yaml")], quiet_event=quiet_event)
 
+    def child_env(self) -> dict[str, str]:
+        """A training process's environment: the server's, with its thread pools bounded (torch
+        sizes its intra-op pool from OMP_NUM_THREADS), so it never takes the server's core."""
+        n = str(self.train_threads)
+        return {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
+
     def _start(self, job: dict, folder: Path, args: list[str], *, quiet_event: bool = False) -> None:
         logf = (folder / "train.log").open("ab")
         proc = subprocess.Popen([sys.executable, "-m", "tailor.cli", "train", *args, "--quiet"],
                                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent)
+                                env=self.child_env(), preexec_fn=_die_with_parent)
         logf.close()
         with self.store.transaction():
             if not quiet_event:
