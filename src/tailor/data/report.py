@@ -4,6 +4,7 @@ and one example with its trained tokens marked."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -116,31 +117,47 @@ def to_json(s: dict) -> str:
 # data show
 
 
-def show(renderer, conv: Conversation, color: bool) -> str:
-    """The conversation as the model sees it, trained characters highlighted (colour) or wrapped
-    in [[ ]] (no terminal). Marks follow the tokens, so a partly-trained token shows whole."""
+@dataclass
+class Marked:
+    """A conversation as the model sees it: its text in runs, each trained on or not."""
+
+    runs: list[tuple[str, bool]]
+    tokens: int
+    trained_tokens: int
+    method: str  # how the spans were found (render.PREFIX_DIFF or CONTENT_SEARCH)
+    lost_calls: int  # tool calls the template did not write
+
+
+def marked(renderer, conv: Conversation) -> Marked:
+    """Runs of trained and untrained text. Marks follow the tokens, so a partly-trained token
+    counts whole: what `data show` highlights and the dashboard draws."""
     from tailor.data.render import span_mask
 
     spans = renderer.text_spans(conv)
     enc = renderer.backend.encode(spans.text, add_special_tokens=False)
     offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
     mask = span_mask(offsets, spans.spans)
-    trained_chars = np.zeros(len(spans.text) + 1, dtype=bool)
+    trained = np.zeros(len(spans.text), dtype=bool)
     for (a, b), m in zip(offsets, mask):
         if m:
-            trained_chars[a:b] = True
-    out, on = [], False
-    for i, ch in enumerate(spans.text):
-        if trained_chars[i] != on:
-            on = bool(trained_chars[i])
-            out.append((GREEN if on else RESET) if color else (OPEN if on else CLOSE))
-        out.append(ch)
-    if on:
-        out.append(RESET if color else CLOSE)
+            trained[a:b] = True
+    runs, start = [], 0
+    for i in range(1, len(spans.text) + 1):
+        if i == len(spans.text) or trained[i] != trained[start]:
+            runs.append((spans.text[start:i], bool(trained[start])))
+            start = i
+    return Marked(runs, len(enc.ids), int(mask.sum()), spans.method, spans.lost_calls)
+
+
+def show(renderer, conv: Conversation, color: bool) -> str:
+    """The conversation as the model sees it, trained characters highlighted (colour) or wrapped
+    in [[ ]] (no terminal)."""
+    m = marked(renderer, conv)
+    on, off = (GREEN, RESET) if color else (OPEN, CLOSE)
+    body = "".join(on + text + off if trained else text for text, trained in m.runs)
     legend = (f"{GREEN}green{RESET} = trained on" if color else f"{OPEN}...{CLOSE} = trained on")
-    head = (f"line {conv.line}: {len(enc.ids)} tokens, {int(mask.sum())} trained ({legend}; "
-            f"spans by {spans.method})")
-    if spans.lost_calls:
-        head += (f"\nwarning: the chat template does not write tool calls; {spans.lost_calls} call(s) are "
+    head = f"line {conv.line}: {m.tokens} tokens, {m.trained_tokens} trained ({legend}; spans by {m.method})"
+    if m.lost_calls:
+        head += (f"\nwarning: the chat template does not write tool calls; {m.lost_calls} call(s) are "
                  "missing from what the model sees")
-    return head + "\n" + "".join(out)
+    return head + "\n" + body

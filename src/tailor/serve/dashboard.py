@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from importlib import resources
 
-import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
@@ -106,19 +105,8 @@ def show_example(request: Request, file_id: str, model: str, index: int = 0) -> 
 def segments(renderer, conv) -> dict:
     """The example as the model sees it: runs of text, each trained on or not, marked by whole
     tokens as `tailor data show` marks them."""
-    from tailor.data.render import span_mask
+    from tailor.data.report import marked
 
-    spans = renderer.text_spans(conv)
-    enc = renderer.backend.encode(spans.text, add_special_tokens=False)
-    offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-    mask = span_mask(offsets, spans.spans)
-    trained = np.zeros(len(spans.text), dtype=bool)
-    for (a, b), m in zip(offsets, mask):
-        trained[a:b] |= bool(m)
-    runs, start = [], 0
-    for i in range(1, len(spans.text) + 1):
-        if i == len(spans.text) or trained[i] != trained[start]:
-            runs.append({"text": spans.text[start:i], "trained": bool(trained[start])})
-            start = i
-    return {"line": conv.line, "tokens": len(enc.ids), "trained_tokens": int(mask.sum()), "method": spans.method,
-            "lost_tool_calls": spans.lost_calls, "segments": runs}
+    m = marked(renderer, conv)
+    return {"line": conv.line, "tokens": m.tokens, "trained_tokens": m.trained_tokens, "method": m.method,
+            "lost_tool_calls": m.lost_calls, "segments": [{"text": t, "trained": on} for t, on in m.runs]}
