@@ -198,6 +198,22 @@ def test_a_job_trains_reports_and_its_model_answers_at_once(client, train_file, 
         client.fine_tuning.jobs.cancel(job.id)  # finished: a 400, never a retried 409
 
 
+def test_a_two_process_job_trains_through_torchrun_and_is_served(client, train_file, server):
+    """tailor.nproc 2: the job's process re-launches itself as 2 ranks (batch 2 each, so the
+    job's batch 4 is the global one); the model is served when it ends."""
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id, suffix="two",
+                                         method={"type": "supervised", "supervised": {"hyperparameters": {
+                                             "batch_size": 2}}},
+                                         extra_body={"tailor": {**FAST, "max_steps": 2, "nproc": 2}})
+    done = _wait(client, job.id)
+    assert done.status == "succeeded", done.error
+    saved = (server["service"].store.root / "jobs" / job.id / "out" / "config.yaml").read_text()
+    assert "nproc: 2" in saved and "x 2 processes" in saved
+    r = client.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=2)
+    assert r.usage.completion_tokens >= 1
+
+
 def test_cancel_a_running_job_and_a_queued_one(client, train_file):
     long = {**FAST, "max_steps": 500}
     running = client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id, extra_body={"tailor": long},

@@ -85,6 +85,26 @@ def _tailor(root: Path, name: str, keys: dict, *launch: str, timeout: int = 240)
                           timeout=timeout, env=_env(), cwd=root)
 
 
+def _kill_driver(root: Path) -> Path:
+    """`tailor` under torchrun whose rank 1 is killed with SIGKILL at step 5."""
+    driver = root / "kill_rank1.py"
+    driver.write_text(textwrap.dedent("""
+        import os, signal, sys
+        from tailor.train.session import Session
+        real_log = Session.log_step
+
+        def dying(self, record):  # every rank logs each step; only rank 0 writes it
+            if record["step"] == 5 and os.environ["RANK"] == "1":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_log(self, record)
+
+        Session.log_step = dying
+        from tailor.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """))
+    return driver
+
+
 def test_ddp_lora_equals_one_process_and_resumes_after_kill(root, tiny_model_dir, lora_reference):
     """`tailor train --nproc 2` with batch 2 per rank is the 1-process batch-4 run. Then a run whose
     rank 1 is killed with SIGKILL at step 5 fails, and --resume (from checkpoint 3) continues it
@@ -101,24 +121,9 @@ def test_ddp_lora_equals_one_process_and_resumes_after_kill(root, tiny_model_dir
     assert json.loads((out / "checkpoint-000007" / "meta.json").read_text())["world_size"] == 2
 
     killed = root / "killed"
-    driver = root / "kill_rank1.py"
-    driver.write_text(textwrap.dedent("""
-        import os, signal, sys
-        from tailor.train.session import Session
-        real_log = Session.log_step
-
-        def dying(self, record):  # every rank logs each step; only rank 0 writes it
-            if record["step"] == 5 and os.environ["RANK"] == "1":
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real_log(self, record)
-
-        Session.log_step = dying
-        from tailor.cli import main
-        sys.exit(main(sys.argv[1:]))
-    """))
     keys = _keys(tiny_model_dir, root / "train.jsonl", killed, batch_size=2)
     proc = _tailor(root, "killed", keys, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                   str(driver))
+                   str(_kill_driver(root)))
     assert proc.returncode != 0
     assert (killed / "checkpoint-000003" / "meta.json").is_file() and not (killed / "final").exists()
     proc = subprocess.run([sys.executable, "-m", "tailor", "train", "--resume", str(killed), "--nproc", "2", "--quiet"],
@@ -127,15 +132,47 @@ def test_ddp_lora_equals_one_process_and_resumes_after_kill(root, tiny_model_dir
     _assert_same_run(killed, lora_reference)
 
 
-def test_ddp_full_with_torchrun_equals_one_process(root, tiny_model_dir):
+FULL = dict(method="full", lr=1e-3, eval_every=100)
+
+
+@pytest.fixture(scope="module")
+def full_reference(root, tiny_model_dir):
+    """One process, batch 4, full fine-tuning."""
+    return train(TrainConfig(**_keys(tiny_model_dir, root / "train.jsonl", root / "ref-full", **FULL)), quiet=True)
+
+
+def test_ddp_full_with_torchrun_equals_one_process(root, tiny_model_dir, full_reference):
     """Full fine-tuning launched by plain torchrun (`-m tailor`), 2 ranks x batch 2 = batch 4."""
-    keys = dict(method="full", lr=1e-3, eval_every=100)
-    reference = train(TrainConfig(**_keys(tiny_model_dir, root / "train.jsonl", root / "ref-full", **keys)), quiet=True)
     out = root / "ddp-full"
-    proc = _tailor(root, "ddp-full", _keys(tiny_model_dir, root / "train.jsonl", out, batch_size=2, **keys),
+    proc = _tailor(root, "ddp-full", _keys(tiny_model_dir, root / "train.jsonl", out, batch_size=2, **FULL),
                    "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "tailor")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _assert_same_run(out, reference)
+    _assert_same_run(out, full_reference)
+
+
+def test_fsdp_full_equals_one_process_and_resumes_exactly(root, tiny_model_dir, full_reference):
+    """FSDP2 (weights, gradients and Adam state sharded over 2 ranks), grad-accum 2 x batch 1 per
+    rank, with an evaluation mid-run: the 1-process batch-4 run's losses and final weights. The
+    checkpoints are plain HF folders with the full weights. Then a run stopped after checkpoint
+    3 by a SIGKILL of rank 1 resumes (the full state resharded) to the very same run."""
+    keys = _keys(tiny_model_dir, root / "train.jsonl", root / "fsdp", batch_size=1, grad_accum=2, nproc=2,
+                 parallel="fsdp", **{**FULL, "eval_every": 4})
+    proc = _tailor(root, "fsdp", keys, "-m", "tailor")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_run(root / "fsdp", full_reference)
+    assert _weights(root / "fsdp" / "checkpoint-000006").keys() == _weights(full_reference.final).keys()
+    assert json.loads((root / "fsdp" / "eval.jsonl").read_text().splitlines()[0])["step"] == 4
+
+    killed = root / "fsdp-killed"
+    keys = {**keys, "out": str(killed), "nproc": 1}
+    proc = _tailor(root, "fsdp-killed", keys, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   str(_kill_driver(root)))
+    assert proc.returncode != 0
+    assert (killed / "checkpoint-000003" / "meta.json").is_file() and not (killed / "final").exists()
+    proc = subprocess.run([sys.executable, "-m", "tailor", "train", "--resume", str(killed), "--nproc", "2", "--quiet"],
+                          capture_output=True, text=True, timeout=240, env=_env(), cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_run(killed, full_reference)
 
 
 def test_grad_accum_2_times_2_ranks_times_batch_1_equals_batch_4(root, tiny_model_dir, lora_reference):
@@ -197,12 +234,13 @@ def test_plan_split_is_the_single_process_plan():
     assert share(step, rank=0, world=1) == step
 
 
-def test_fsdp_is_refused_until_it_is_built():
+def test_fsdp_shards_full_fine_tuning_only():
     from tailor.errors import UsageError
     from tailor.train.config import resolve
 
-    with pytest.raises(UsageError, match="parallel: fsdp .* not implemented yet; use --parallel ddp"):
-        resolve(TrainConfig(data="x.jsonl", method="full", parallel="fsdp"))
+    assert resolve(TrainConfig(data="x.jsonl", method="full", parallel="fsdp")).parallel == "fsdp"
+    with pytest.raises(UsageError, match="parallel: fsdp shards a full fine-tune; .*--method lora.* --parallel ddp"):
+        resolve(TrainConfig(data="x.jsonl", method="lora", parallel="fsdp"))
     with pytest.raises(UsageError, match="nproc: must be at least 1"):
         resolve(TrainConfig(data="x.jsonl", nproc=0))
 
@@ -213,3 +251,14 @@ def test_spawned_processes_do_not_inherit_torchrun_variables():
     env = child_env({"RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x",
                      "LOCAL_RANK": "1", "PATH": "/bin", "OMP_NUM_THREADS": "1"})
     assert env == {"PATH": "/bin", "OMP_NUM_THREADS": "1"}
+
+
+def test_a_thread_budget_is_divided_over_the_ranks():
+    """A service job with --train-threads 4 and nproc 2 runs 2 ranks of 2 threads, not 2 x 4;
+    without a budget torchrun's own default (1 per rank) stays."""
+    from tailor.train.distributed import child_env
+
+    env = child_env({"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4", "PATH": "/bin"}, nproc=2)
+    assert env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "PATH": "/bin"}
+    assert child_env({"OMP_NUM_THREADS": "3"}, nproc=4) == {"OMP_NUM_THREADS": "1"}
+    assert child_env({"PATH": "/bin"}, nproc=2) == {"PATH": "/bin"}

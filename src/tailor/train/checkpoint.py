@@ -2,7 +2,7 @@
 
 A checkpoint folder `checkpoint-000040/` holds the weights as a loadable folder (a PEFT adapter
 for LoRA, a Hugging Face model for full fine-tuning) with the tokenizer, `state.pt` (optimizer,
-scheduler, every RNG state) and `meta.json` (step, epoch, position in the epoch's order, tokens
+scheduler, every RNG state, and fp16's loss scaler) and `meta.json` (step, epoch, position in the epoch's order, tokens
 seen, the full config, the loss history). It is written under a temporary name and renamed, so
 any folder named checkpoint-* with a meta.json is complete.
 """
@@ -37,17 +37,23 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(out_dir: Path, *, model, tokenizer, optimizer, scheduler, meta: dict, keep: int,
-         rank_rngs: list | None = None) -> Path:
+         rank_rngs: list | None = None, scaler=None, optimizer_state: dict | None = None) -> Path:
     """Write checkpoint-{step:06d} atomically, then drop all but the newest `keep`. Under torchrun
-    rank 0 writes it, with every rank's RNG states (`rank_rngs`, in rank order)."""
+    rank 0 writes it, with every rank's RNG states (`rank_rngs`, in rank order). `scaler`: fp16's
+    GradScaler, whose scale and growth count decide which later steps are skipped.
+    `optimizer_state`: under FSDP, the full optimizer state gathered from the shards (keyed by
+    parameter names, so a resume reshards it) instead of `optimizer.state_dict()`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{PREFIX}{meta['step']:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir))
     try:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(), "rank_rngs": rank_rngs}, tmp / "state.pt")
+        by_name = optimizer_state is not None
+        torch.save({"optimizer": optimizer_state if by_name else optimizer.state_dict(), "optimizer_by_name": by_name,
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(), "rank_rngs": rank_rngs,
+                    "scaler": None if scaler is None else scaler.state_dict()}, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if target.exists():  # a re-save of the same step (e.g. the final one after an interrupt)
             shutil.rmtree(target)
@@ -76,10 +82,18 @@ def read_meta(ckpt: Path) -> dict:
     return json.loads((ckpt / "meta.json").read_text())
 
 
-def load_state(ckpt: Path, optimizer, scheduler, *, rank: int = 0) -> None:
-    """Restore optimizer, scheduler and RNGs (the weights are loaded with the model); under
-    torchrun, each rank its own RNGs."""
+def load_state(ckpt: Path, optimizer, scheduler, *, rank: int = 0, scaler=None, model=None) -> None:
+    """Restore optimizer, scheduler, RNGs and fp16's loss scaler (the weights are loaded with the
+    model); under torchrun, each rank its own RNGs. A checkpoint of a bf16/fp32 run resumed in
+    fp16 has no scaler state: the scaler starts fresh."""
+    from tailor.train import distributed
+
     state = torch.load(ckpt / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if state.get("optimizer_by_name"):  # written under FSDP: full, keyed by names; sharded as the model is
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
+    else:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rank_rngs"][rank] if state.get("rank_rngs") else state["rng"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])

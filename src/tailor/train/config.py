@@ -99,7 +99,7 @@ class TrainConfig:
     """Push final/ to this Hugging Face Hub repo (OWNER/NAME) when training ends, like `tailor push` (the token is checked before training)."""
 
     dtype: str = "auto"
-    """auto (bf16 compute with fp32 master weights where the hardware is fast at bf16), float32 or bfloat16."""
+    """auto (bf16 where fast, fp16 with loss scaling on a CUDA GPU without bf16, else fp32; master weights fp32), float32, bfloat16 or float16."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
     compile: bool = False
@@ -111,7 +111,7 @@ class TrainConfig:
     nproc: int = 1
     """Train as this many processes on this machine (one per GPU, or CPU processes), re-launching through torchrun; --batch-size is each process's, so the global batch is batch-size x grad-accum x processes. Under torchrun itself this is ignored (its --nproc-per-node and --nnodes decide)."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
-    """With several processes: ddp (every process holds the whole model; gradients are summed across processes each step). fsdp (sharded full fine-tuning) is not implemented yet."""
+    """With several processes: ddp (every process holds the whole model; gradients are summed across processes each step). fsdp (full fine-tuning only): FSDP2 shards the weights, gradients and optimizer state over the processes, for models too big for one device; it runs the Hugging Face body, not the fused forward."""
 
 
 def env_overrides() -> dict[str, tuple[object, str]]:
@@ -149,9 +149,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         problems.append("qlora/dora: only apply to --method lora")
     if cfg.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
         problems.append(f"dtype: {cfg.dtype!r} is not one of auto, float32, bfloat16, float16")
-    if cfg.parallel == "fsdp":
-        problems.append("parallel: fsdp (FSDP2 sharding of a full fine-tune) is not implemented yet; use --parallel "
-                        "ddp, where every process holds the whole model")
+    if cfg.parallel == "fsdp" and cfg.method != "full":
+        problems.append("parallel: fsdp shards a full fine-tune; a LoRA run (--method lora) trains few weights and "
+                        "fits on every process: use --parallel ddp")
     if problems:
         raise UsageError("Invalid training config:\n  " + "\n  ".join(problems))
     return cfg

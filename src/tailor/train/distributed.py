@@ -19,6 +19,11 @@ pass as DDP's buckets do, which costs time on GPUs, not correctness.
 A step whose micro-batches are fewer than the ranks (the end of an epoch) leaves some ranks
 without a share: they contribute zero, and every rank still joins every collective, so nothing
 hangs. Every rank joins each checkpoint save (RNG states are gathered); only rank 0 writes.
+
+`--parallel fsdp` (full fine-tuning) shards weights, gradients and Adam state with FSDP2
+(`shard`, below): the same per-rank loss normalisation, with FSDP2's reduce-scatter set to sum.
+Checkpoints, evaluation and final/ use the full state gathered on rank 0 (`whole`), so the
+outputs are the same plain folders, and a resume loads them and shards them again.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ def process_group(device: str):
     finally:
         dist.destroy_process_group()
         _device = "cpu"
+        _fsdp_units.clear()
 
 
 def local_device(device: str) -> str:
@@ -101,7 +107,7 @@ def sum_gradients(params: list[torch.Tensor]) -> None:
     """Sum each gradient over the ranks, in place. A gradient that no rank has stays None (as in
     one process, where AdamW then skips the weight); one that only some ranks have is zero on
     the others."""
-    if world() < 2:
+    if world() < 2 or _fsdp_units:  # FSDP2 reduce-scatters them itself
         return
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=_device)
     dist.all_reduce(has)
@@ -164,9 +170,18 @@ def gather(obj) -> list | None:
     return out
 
 
-def child_env(env: dict | None = None) -> dict:
-    """The environment for a process tailor starts, without torchrun's variables."""
-    return {k: v for k, v in (os.environ if env is None else env).items() if k not in TORCHRUN_VARS}
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def child_env(env: dict | None = None, *, nproc: int = 1) -> dict:
+    """The environment for a process tailor starts, without torchrun's variables. For `nproc`
+    ranks on this machine, a thread budget set for the whole job (a service's --train-threads)
+    is divided among them, so they do not oversubscribe the cores it was given."""
+    out = {k: v for k, v in (os.environ if env is None else env).items() if k not in TORCHRUN_VARS}
+    for name in _THREAD_VARS:
+        if nproc > 1 and out.get(name, "").isdigit():
+            out[name] = str(max(1, int(out[name]) // nproc))
+    return out
 
 
 def relaunch(cfg, *, quiet: bool) -> int:
@@ -188,7 +203,7 @@ def relaunch(cfg, *, quiet: bool) -> int:
         proc.send_signal(signum)
 
     try:
-        proc = subprocess.Popen(cmd, env=child_env())
+        proc = subprocess.Popen(cmd, env=child_env(nproc=cfg.nproc))
         old = signal.signal(signal.SIGTERM, forward)
         try:
             while True:
@@ -201,3 +216,140 @@ def relaunch(cfg, *, quiet: bool) -> int:
             signal.signal(signal.SIGTERM, old)
     finally:
         os.unlink(f.name)
+
+
+# ---- FSDP2: sharded full fine-tuning (--parallel fsdp) ------------------------------------------
+#
+# Each decoder layer is one FSDP2 unit and a root wrapper around the body holds the rest
+# (embeddings, final norm, lm_head): their weights, gradients and Adam state are split over
+# the ranks and gathered for the forward and backward of that unit only. tailor calls the body
+# and then its own chunked loss over lm_head's weight: the root wrapper's forward is the body's,
+# and it keeps its weights gathered after the forward (reshard_after_forward=False, as torchtune
+# does for the root) so the loss reads the whole lm_head; FSDP frees them after the backward.
+# The fused body is not used: it concatenates each layer's weights into one storage once,
+# which sharded weights that are gathered anew on every forward cannot share.
+_fsdp_units: list = []
+
+
+class _Root(torch.nn.Module):
+    """The FSDP2 root: the model (so that every weight is inside it) whose forward is the body's."""
+
+    def __init__(self, model, body):
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "_body", body)  # a submodule of model: not registered twice
+
+    def forward(self, *args, **kwargs):
+        return self._body(*args, **kwargs)
+
+
+def sharded() -> bool:
+    return bool(_fsdp_units)
+
+
+def shard(model, body, compute_dtype) -> torch.nn.Module:
+    """Shard `model` (a full fine-tune, fp32 master weights) over the ranks with FSDP2; return
+    the body to call instead of `body`. bf16 compute gathers bf16 weights and reduces gradients
+    in fp32 (MixedPrecisionPolicy)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=None if compute_dtype == torch.float32 else compute_dtype,
+                              reduce_dtype=torch.float32)
+    units = [fully_shard(layer, mp_policy=mp) for layer in body.layers]
+    root = fully_shard(_Root(model, body), mp_policy=mp, reshard_after_forward=False)
+    for unit in units + [root]:
+        # The loss of each rank is already divided by the trained tokens of the whole step, so the
+        # step's gradient is the SUM over ranks. FSDP2 averages by default; a divide factor of 1
+        # gives the sum, and forcing plain SUM collectives keeps it so on gloo (which has no
+        # PREMUL_SUM) and skips NCCL's pre-multiply.
+        unit.set_force_sum_reduction_for_comms(True)
+        unit.set_gradient_divide_factor(1.0)
+    _fsdp_units[:] = units + [root]
+    return root
+
+
+def micro_batches(step: list, rank: int, world: int):
+    """This rank's micro-batches of a global step (`share`). Under FSDP every rank must run the
+    same number of forwards (each gathers weights with the others): a rank with a shorter share
+    gets padding, `None`, for which the loop trains a masked copy (zero loss and gradient).
+    Gradients are reduce-scattered only after the last micro-batch (FSDP2's no_sync)."""
+    mine = share(step, rank, world)
+    if not _fsdp_units:
+        yield from mine
+        return
+    from torch.distributed.tensor import DTensor
+
+    n = -(-len(step) // world)
+    mine = mine + [None] * (n - len(mine))
+    root = _fsdp_units[-1]
+    for i, micro in enumerate(mine):
+        for unit in _fsdp_units:
+            unit.set_requires_gradient_sync(i == n - 1, recurse=False)
+        # The loss reads lm_head's weight before it calls the body: gather the root's weights now
+        # (its own forward then finds them gathered).
+        root.unshard()
+        if micro is None:  # nothing trained: lm_head gets no gradient, yet every rank must send one
+            for p in root.parameters():
+                if not isinstance(p, DTensor) and p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        yield micro
+
+
+def padding(step: list, micro, collate):
+    """The batch of `micro`; for padding (None), the step's first micro-batch with nothing trained."""
+    import dataclasses
+
+    if micro is not None:
+        return collate(micro)
+    batch = collate(step[0])
+    return dataclasses.replace(batch, target_index=batch.target_index[:0], target_ids=batch.target_ids[:0], tokens=0)
+
+
+def full_state(model, optimizer=None):
+    """The full (unsharded) model and optimizer state dicts on rank 0's CPU, gathered by every
+    rank (a collective: all ranks call it); (None, None) on the others."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=opts)
+    optim = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
+    return (weights, optim) if rank() == 0 else (None, None)
+
+
+def load_optimizer_state(model, optimizer, state: dict) -> None:
+    """Load a full optimizer state dict (keyed by parameter names), resharding it as the model is."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
+
+
+@contextlib.contextmanager
+def whole(model, optimizer=None, *, compute: bool = False):
+    """`with whole(model, opt) as (plain, optim_state)`: under FSDP, a plain copy of the model with
+    all its weights on rank 0 (for evaluation and writing folders) and the full optimizer state;
+    the others get (None, None). Every rank must enter it. Without FSDP: (model, None). The copy
+    stays in CPU memory unless it is to `compute` (evaluation): then it is on rank 0's device,
+    which must hold the whole model for that while."""
+    if not _fsdp_units:
+        yield model, None
+        return
+    weights, optim = full_state(model, optimizer)
+    if weights is None:
+        yield None, None
+        return
+    from transformers import AutoModelForCausalLM
+
+    try:  # the weights are overwritten at once: skip their random initialisation
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        no_init_weights = contextlib.nullcontext
+    with no_init_weights():
+        plain = AutoModelForCausalLM.from_config(model.config, torch_dtype=torch.float32)
+    plain.tie_weights()  # as from_pretrained does: a tied lm_head is saved once, as the embeddings
+    plain.load_state_dict(weights)
+    plain.generation_config = model.generation_config
+    if compute:
+        plain.to(_device)
+    yield plain, optim
+    del plain

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from tailor.train import distributed
+from tailor.train import distributed, memory
 from tailor.train.batches import collate, step_trained
 from tailor.train.config import TrainConfig
 from tailor.train.loss import batch_loss
@@ -51,6 +51,7 @@ class Position:
     epoch: int = 0
     index: int = 0  # optimizer steps already taken in this epoch's order
     tokens_seen: int = 0
+    skipped_steps: int = 0  # fp16 steps skipped for inf/nan gradients (loss scaling)
 
 
 def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
@@ -66,6 +67,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
         session = Session.open(cfg, quiet=quiet)
         try:
             result = _run(session)
+        except torch.OutOfMemoryError as exc:  # the plan (train/memory.py) misjudged: end with a checkpoint
+            raise memory.out_of_memory(session, exc) from None
         finally:
             session.close()
     if token and result.final is not None:
@@ -95,27 +98,29 @@ def _steps(s, body, head, params, stop) -> None:
         step = plan[pos.index]
         n_trained = step_trained(s.data.train, step)  # the whole (global) step's denominator, known up front
         loss_sum, tokens, t0 = 0.0, 0, time.perf_counter()
-        for micro in distributed.share(step, s.rank, s.world):  # one process: the whole step
-            batch = collate(s.data.train, micro, batching=cfg.batching, max_length=cfg.max_length, pad_id=s.pad_id)
+        for micro in distributed.micro_batches(step, s.rank, s.world):  # one process: the whole step
+            batch = distributed.padding(step, micro, lambda m: collate(
+                s.data.train, m, batching=cfg.batching, max_length=cfg.max_length, pad_id=s.pad_id))
             with s.precision.autocast():
                 token_losses, _ = batch_loss(body, head, batch, s.precision.compute, accuracy=False)
-            (token_losses / n_trained).backward()
+            s.precision.backward(token_losses / n_trained)  # fp16: loss scaled first
             loss_sum += token_losses.item()
             tokens += batch.tokens
         distributed.sum_gradients(params)  # every rank's share -> the whole step's gradient
         loss_sum, tokens = distributed.total(loss_sum, tokens)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
         lr = opt.param_groups[0]["lr"]
-        opt.step()
+        grad_norm, skipped = s.precision.step(opt, params, cfg.max_grad_norm or float("inf"))  # clip, step
         sched.step()
         opt.zero_grad(set_to_none=True)
         pos.step, pos.index, pos.tokens_seen = pos.step + 1, pos.index + 1, pos.tokens_seen + tokens
+        pos.skipped_steps += skipped
         window_tokens, window_time = window_tokens + tokens, window_time + time.perf_counter() - t0
         if pos.step % cfg.log_every == 0 or pos.step == s.total_steps:
             s.log_step({"step": pos.step, "epoch": round(pos.epoch + pos.index / len(plan), 4),
                         "loss": loss_sum / max(n_trained, 1), "lr": lr, "grad_norm": float(grad_norm),
                         "tokens_per_s": window_tokens / max(window_time, 1e-9), "trained_tokens": n_trained,
-                        "tokens": tokens, "tokens_seen": pos.tokens_seen})
+                        "tokens": tokens, "tokens_seen": pos.tokens_seen,
+                        **({"skipped": skipped, "skipped_steps": pos.skipped_steps} if s.precision.scaler else {})})
             window_tokens, window_time = 0, 0.0
         if pos.step % s.eval_every == 0 and pos.step < s.total_steps:
             s.evaluate()
@@ -178,6 +183,8 @@ def _quiet_libraries():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*past_key_values.*")
+        # fp16: a step skipped for overflow skips optimizer.step(); the schedule still advances
+        warnings.filterwarnings("ignore", message=r".*lr_scheduler\.step\(\)` before `optimizer\.step\(\)`.*")
         yield
 
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from tailor.errors import TailorError, UsageError
-from tailor.train import checkpoint, distributed, outputs
+from tailor.train import checkpoint, distributed, memory, outputs
 from tailor.train.batches import plan_epoch
 from tailor.train.config import TrainConfig, env_overrides, global_batch, resolve, to_dict
 from tailor.train.loop import Position, TrainResult, epochs_total, peak_rss_mb
@@ -154,9 +154,17 @@ class Session:
         self.precision = precision(cfg)
         for note in self.precision.notes:
             self._say(f"note: {note}")
+        if ckpt is None:  # CUDA: shrink the micro-batch / checkpoint to fit; a resume keeps its saved plan
+            self.cfg = cfg = memory.fit(cfg, self.precision, self._say)
         torch.manual_seed(cfg.seed)
         self.model, self.base = load_model(cfg, self.tokenizer, self.precision, ckpt)
-        self.parts = decoder_parts(self.model, fused=cfg.fused and not cfg.compile)  # compile traces the HF body
+        fsdp = cfg.parallel == "fsdp" and self.world > 1
+        # compile traces the HF body; so does FSDP, whose weights are gathered per layer on each forward
+        self.parts = decoder_parts(self.model, fused=cfg.fused and not cfg.compile and not fsdp)
+        if fsdp:
+            self.parts = (distributed.shard(self.model, self.parts[0], self.precision.compute), self.parts[1])
+            self._say(f"parallel: fsdp (FSDP2) over {self.world} processes; the Hugging Face body runs, "
+                      "not the fused one")
         if cfg.compile:
             self.parts = (torch.compile(self.parts[0], dynamic=True), self.parts[1])
         self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
@@ -180,7 +188,8 @@ class Session:
         if meta["data_fingerprint"] != self.data.fingerprint:
             raise TailorError(f"--resume {self.out}: {self.cfg.data} is not the file this run was trained on "
                               "(its content changed); exact resume needs the same data.")
-        checkpoint.load_state(ckpt, self.optimizer, self.scheduler, rank=self.rank)
+        checkpoint.load_state(ckpt, self.optimizer, self.scheduler, rank=self.rank, scaler=self.precision.scaler,
+                              model=self.model)
         self.position = Position(**meta["position"])
         if self.is_main:
             self.metrics = outputs.JsonLines(self.out / "metrics.jsonl", rewind_to=self.position.step)
@@ -210,17 +219,18 @@ class Session:
     def evaluate(self) -> dict:
         """Rank 0 evaluates while the other ranks wait at a barrier."""
         self.last_eval = self.position.step
-        val = self._evaluate() if self.is_main else {}
+        with distributed.whole(self.model, compute=True) as (model, _):  # under FSDP: rank 0 gets a whole copy
+            val = self._evaluate(model) if self.is_main else {}
         distributed.barrier()
         return val
 
-    def _evaluate(self) -> dict:
+    def _evaluate(self, model) -> dict:
         from tailor.train.evaluate import sample_answers, validation_loss
 
         if not self.data.val:
             return {}
-        val = validation_loss(self.model, self.data.val, self.cfg, self.precision, self.pad_id)
-        samples = sample_answers(self.model, self.tokenizer, self.data.samples, self.precision,
+        val = validation_loss(model, self.data.val, self.cfg, self.precision, self.pad_id)
+        samples = sample_answers(model, self.tokenizer, self.data.samples, self.precision,
                                  self.cfg.sample_max_tokens) if self.data.samples else []
         self.last_val, self.last_samples = val, samples
         self.evals.write({"step": self.position.step, **val, "samples": samples})
@@ -235,20 +245,23 @@ class Session:
         """Every rank calls it (RNG states are gathered); rank 0 writes; the others wait."""
         rank_rngs = distributed.gather(checkpoint.rng_state())
         path = self.out / f"{checkpoint.PREFIX}{self.position.step:06d}"
-        if self.is_main:
-            self._write_checkpoint(rank_rngs)
+        with distributed.whole(self.model, self.optimizer) as (model, optim):  # every rank gathers under FSDP
+            if self.is_main:
+                self._write_checkpoint(rank_rngs, model, optim)
         distributed.barrier()
         self.last_saved = self.position.step
         return path
 
-    def _write_checkpoint(self, rank_rngs) -> None:
+    def _write_checkpoint(self, rank_rngs, model, optimizer_state) -> None:
         meta = {"step": self.position.step, "epoch": self.position.epoch + self.position.index / max(1, len(self.plan(self.position.epoch))),
                 "position": dataclasses.asdict(self.position), "tokens_seen": self.position.tokens_seen,
                 "config": to_dict(self.cfg), "data_fingerprint": self.data.fingerprint, "val": self.last_val,
                 "losses": [r["loss"] for r in self.metrics.read()], "base_model": self.base.ref,
                 "base_folder": str(self.base.folder), "world_size": self.world}
-        checkpoint.save(self.out, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
-                        scheduler=self.scheduler, meta=meta, keep=self.cfg.keep_checkpoints, rank_rngs=rank_rngs)
+        checkpoint.save(self.out, model=model, tokenizer=self.tokenizer, optimizer=self.optimizer,
+                        optimizer_state=optimizer_state,
+                        scheduler=self.scheduler, meta=meta, keep=self.cfg.keep_checkpoints, rank_rngs=rank_rngs,
+                        scaler=self.precision.scaler)
 
     def interrupted(self, signum: int | None = None) -> TrainResult:
         if self.last_saved != self.position.step:
@@ -266,17 +279,18 @@ class Session:
         if self.last_saved != self.position.step:
             self.save_checkpoint()
         final = self.out / "final"
-        if self.is_main:
-            self._write_final()
+        with distributed.whole(self.model) as (model, _):
+            if self.is_main:
+                self._write_final(model)
         distributed.barrier()  # final/ is complete before any rank returns it
         return self._result(final=final, interrupted=False)
 
-    def _write_final(self) -> None:
+    def _write_final(self, model) -> None:
         train_log, eval_log = self.metrics.read(), self.evals.read()
         outputs.plot_losses(self.out, train_log, eval_log)
         card = outputs.model_card(cfg=to_dict(self.cfg), base=self.base, data_stats=self._data_stats(),
                                   final=self._final_stats(train_log), method=self.cfg.method)
-        final = outputs.write_final(self.out, self.model, self.tokenizer, stop_ids=self.data.prepared.stop_token_ids,
+        final = outputs.write_final(self.out, model, self.tokenizer, stop_ids=self.data.prepared.stop_token_ids,
                                     card=card, method=self.cfg.method)
         self.progress.say(f"done: {final} (metrics {self.out / 'metrics.jsonl'}, curve {self.out / 'loss.png'})")
 
