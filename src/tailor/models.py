@@ -370,7 +370,7 @@ def pick_dtype(name: str = "auto", device: str = "cpu"):
     if name in table:
         return table[name]
     if name != "auto":
-        raise TailorError(f"Unknown dtype {name!r}: use auto, float32 or bfloat16.")
+        raise TailorError(f"Unknown dtype {name!r}: use auto, float32, bfloat16 or float16.")
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32

@@ -31,7 +31,7 @@ class Progress:
         eta = elapsed / max(done, 1) * (self.total - record["step"])
         self.say(f"step {record['step']}/{self.total}  epoch {record['epoch']:.2f}  loss {record['loss']:.4f}  "
                  f"lr {record['lr']:.2e}  grad_norm {record['grad_norm']:.3f}  "
-                 f"{record['tokens_per_s']:.0f} tok/s  eta {_fmt(eta)}")
+                 f"{record['tokens_per_s']:.0f} tok/s  eta {_fmt(eta)}" + _skipped(record))
 
     def say(self, text: str) -> None:
         if self.quiet:
@@ -44,6 +44,13 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _skipped(record: dict) -> str:
+    """fp16 loss scaling: say when this step was skipped for inf/nan gradients, and how many so far."""
+    if not record.get("skipped_steps"):
+        return ""
+    return f"  {'step skipped (inf/nan gradients), ' if record['skipped'] else ''}{record['skipped_steps']} skipped"
 
 
 def _fmt(seconds: float) -> str:

@@ -36,12 +36,17 @@ class Base:
     folder: Path  # where its weights were read from on this machine (provenance only)
 
 
+# GradScaler's first loss scale (its own default); a test raises it to force overflowing steps.
+INIT_SCALE = 2.0 ** 16
+
+
 @dataclass
 class Precision:
-    compute: object  # torch dtype of matmuls (bf16 under autocast, or fp32)
+    compute: object  # torch dtype of matmuls (bf16/fp16 under autocast, or fp32)
     master: object  # torch dtype of trained weights and optimizer state (fp32)
     device: str
     notes: list[str] = field(default_factory=list)
+    scaler: object = None  # torch.amp.GradScaler with fp16 compute (dynamic loss scaling), else None
 
     def autocast(self):
         import torch
@@ -49,6 +54,35 @@ class Precision:
         if self.compute == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.split(":")[0], dtype=self.compute)
+
+    def backward(self, loss) -> None:
+        """fp16 gradients underflow to zero below ~6e-8: scale the loss up first (bf16/fp32: as is)."""
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self, optimizer, params, max_norm: float) -> tuple[float, bool]:
+        """Clip and take the optimizer step: (grad norm, skipped). With fp16 the gradients are
+        unscaled before clipping; a step whose gradients hold inf/nan is skipped and the scale
+        halved (GradScaler lowers the scale exactly when it skipped). A skipped step reports grad
+        norm 0.0 (no gradient was applied; its own was inf/nan, which strict JSON cannot hold)."""
+        import torch
+
+        if self.scaler is None:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            optimizer.step()
+            return norm, False
+        self.scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        scale = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        skipped = self.scaler.get_scale() < scale
+        return (torch.zeros_like(norm) if skipped else norm), skipped
+
+
+def make_scaler(device: str):
+    import torch
+
+    return torch.amp.GradScaler(device.split(":")[0], init_scale=INIT_SCALE)
 
 
 def file_hash(path: str) -> str:
@@ -118,7 +152,8 @@ def eval_samples(val: list, convs: list, count: int) -> list[tuple[list[dict], s
 
 def precision(cfg) -> Precision:
     """bf16 matmuls where the hardware is fast at them, with fp32 master weights and optimizer
-    state (so small updates are not rounded away); plain fp32 when asked or when bf16 is slow."""
+    state (so small updates are not rounded away); fp16 with dynamic loss scaling on a GPU
+    without bf16 (a T4); plain fp32 when asked or when bf16 is slow on this CPU."""
     import torch
 
     from tailor import models
@@ -126,11 +161,18 @@ def precision(cfg) -> Precision:
 
     device = distributed.local_device(models.pick_device(cfg.device))  # under torchrun, this rank's GPU
     compute = models.pick_dtype(cfg.dtype, device)
-    notes = []
-    if compute == torch.float16:  # fp16 needs loss scaling; fp32 is the safe choice here
-        notes.append("float16 training is not supported; training in float32")
-        compute = torch.float32
-    return Precision(compute=compute, master=torch.float32, device=device, notes=notes)
+    if compute != torch.float16:
+        return Precision(compute=compute, master=torch.float32, device=device)
+    # The fused forward runs under fp16 as under bf16: matmuls in fp16 (fp32 LoRA updates), the
+    # residual stream, rotary, attention and the loss's logits/softmax in fp32, so only a single
+    # matmul's output can overflow fp16's 65504; loss scaling guards the backward.
+    notes = ["float16 compute with fp32 master weights and dynamic loss scaling (steps whose gradients "
+             "overflow are skipped and counted in metrics.jsonl); the residual stream, attention and "
+             "loss stay fp32"]
+    if not device.startswith("cuda"):
+        notes.append("float16 on a CPU is slow (few CPUs have fast fp16 matmuls); --dtype auto picks "
+                     "bfloat16 or float32 here")
+    return Precision(compute=compute, master=torch.float32, device=device, notes=notes, scaler=make_scaler(device))
 
 
 def load_model(cfg, tokenizer, prec: Precision, resume: Path | None):
