@@ -30,7 +30,7 @@ class ServeConfig:
     api_keys: str | None = None
     """A file of 'KEY NAME' lines, one project per key (with or besides --api-key)."""
     dtype: str = "auto"
-    """auto (bf16 where the hardware is fast at it), float32 or bfloat16."""
+    """auto (bf16 where the hardware is fast at it, fp16 on a CUDA GPU without bf16, else fp32), float32, bfloat16 or float16."""
     max_batch: int = 16
     """Most sequences decoded together per base model; more concurrent requests wait their turn."""
     max_queue: int = 256

@@ -20,7 +20,7 @@ class TalkConfig:
     seed: int | None = None
     """Random seed for sampling (same seed, same answer)."""
     dtype: str = "auto"
-    """auto (bf16 where the hardware is fast at it), float32 or bfloat16."""
+    """auto (bf16 where the hardware is fast at it, fp16 on a CUDA GPU without bf16, else fp32), float32, bfloat16 or float16."""
     chat_template: str | None = None
     """For a model without a chat template: chatml (default), llama3, alpaca, or a .jinja file."""
 
