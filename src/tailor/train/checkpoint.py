@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tailor.train.lora import save_options
+
 PREFIX = "checkpoint-"
 
 
@@ -47,7 +49,7 @@ def save(out_dir: Path, *, model, tokenizer, optimizer, scheduler, meta: dict, k
     target = out_dir / f"{PREFIX}{meta['step']:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir))
     try:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), **save_options(model))
         tokenizer.save_pretrained(str(tmp))
         by_name = optimizer_state is not None
         torch.save({"optimizer": optimizer_state if by_name else optimizer.state_dict(), "optimizer_by_name": by_name,

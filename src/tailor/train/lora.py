@@ -68,6 +68,19 @@ def keep_updates_in_fp32(peft_model) -> None:
             module.base_layer.register_forward_hook(to_fp32)
 
 
+def save_options(model) -> dict:
+    """Keyword arguments for `model.save_pretrained`: for an adapter, whether to save the whole
+    embedding layers. PEFT's "auto" answers by reading the base's config.json through
+    base_model_name_or_path, which for the embedded default (`default:...`, see
+    models.default_ref) is no folder it can read: it then warns and guesses "unchanged". tailor
+    knows: the embeddings were resized exactly when the chat template added tokens, which are
+    then the adapter's trainable tokens."""
+    cfg = getattr(model, "peft_config", {}).get("default")
+    if cfg is None:
+        return {}
+    return {"save_embedding_layers": bool(getattr(cfg, "trainable_token_indices", None))}
+
+
 def load_trainable(model, adapter_dir: Path):
     """Load a saved adapter's weights into an already wrapped model (resume)."""
     from peft import set_peft_model_state_dict

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tailor.train.lora import replace_dir
+from tailor.train.lora import replace_dir, save_options
 
 
 class JsonLines:
@@ -86,7 +86,7 @@ def write_final(out: Path, model, tokenizer, *, stop_ids: list[int], card: str, 
         gen.eos_token_id = stop_ids[0] if len(stop_ids) == 1 else list(stop_ids)
         if gen.pad_token_id is None and tokenizer.pad_token_id is not None:
             gen.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), **save_options(model))
         if method == "lora":  # an adapter folder has no generation config of its own; add it
             gen.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
