@@ -105,14 +105,36 @@ def _kill_driver(root: Path) -> Path:
     return driver
 
 
-def test_ddp_lora_equals_one_process_and_resumes_after_kill(root, tiny_model_dir, lora_reference):
-    """`tailor train --nproc 2` with batch 2 per rank is the 1-process batch-4 run. Then a run whose
-    rank 1 is killed with SIGKILL at step 5 fails, and --resume (from checkpoint 3) continues it
-    to the very same losses and weights."""
+def _kill_and_resume(root: Path, name: str, keys: dict) -> Path:
+    """Run `keys` on 2 ranks with rank 1 SIGKILLed at step 5: the job fails after checkpoint 3
+    with no final/; `--resume --nproc 2` then completes it. Returns the run folder."""
+    killed = root / name
+    proc = _tailor(root, name, {**keys, "out": str(killed)}, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc-per-node", "2", str(_kill_driver(root)))
+    assert proc.returncode != 0
+    assert (killed / "checkpoint-000003" / "meta.json").is_file() and not (killed / "final").exists()
+    proc = subprocess.run([sys.executable, "-m", "tailor", "train", "--resume", str(killed), "--nproc", "2", "--quiet"],
+                          capture_output=True, text=True, timeout=240, env=_env(), cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return killed
+
+
+@pytest.fixture(scope="module")
+def ddp_lora(root, tiny_model_dir) -> Path:
+    """`tailor train --nproc 2`, LoRA, batch 2 per rank: the run folder (asserted on below, and
+    the 2-rank checkpoint the world-size refusal resumes from)."""
     out = root / "ddp-lora"
     proc = _tailor(root, "ddp-lora", _keys(tiny_model_dir, root / "train.jsonl", out, batch_size=2, nproc=2),
                    "-m", "tailor")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_ddp_lora_equals_one_process_and_resumes_after_kill(root, tiny_model_dir, lora_reference, ddp_lora):
+    """`tailor train --nproc 2` with batch 2 per rank is the 1-process batch-4 run. Then a run whose
+    rank 1 is killed with SIGKILL at step 5 fails, and --resume (from checkpoint 3) continues it
+    to the very same losses and weights."""
+    out = ddp_lora
     _assert_same_run(out, lora_reference)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["nproc"] == 2
@@ -120,16 +142,8 @@ def test_ddp_lora_equals_one_process_and_resumes_after_kill(root, tiny_model_dir
         (out / "config.yaml").read_text()
     assert json.loads((out / "checkpoint-000007" / "meta.json").read_text())["world_size"] == 2
 
-    killed = root / "killed"
-    keys = _keys(tiny_model_dir, root / "train.jsonl", killed, batch_size=2)
-    proc = _tailor(root, "killed", keys, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                   str(_kill_driver(root)))
-    assert proc.returncode != 0
-    assert (killed / "checkpoint-000003" / "meta.json").is_file() and not (killed / "final").exists()
-    proc = subprocess.run([sys.executable, "-m", "tailor", "train", "--resume", str(killed), "--nproc", "2", "--quiet"],
-                          capture_output=True, text=True, timeout=240, env=_env(), cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _assert_same_run(killed, lora_reference)
+    keys = _keys(tiny_model_dir, root / "train.jsonl", root / "killed", batch_size=2)
+    _assert_same_run(_kill_and_resume(root, "killed", keys), lora_reference)
 
 
 FULL = dict(method="full", lr=1e-3, eval_every=100)
@@ -163,16 +177,7 @@ def test_fsdp_full_equals_one_process_and_resumes_exactly(root, tiny_model_dir, 
     assert _weights(root / "fsdp" / "checkpoint-000006").keys() == _weights(full_reference.final).keys()
     assert json.loads((root / "fsdp" / "eval.jsonl").read_text().splitlines()[0])["step"] == 4
 
-    killed = root / "fsdp-killed"
-    keys = {**keys, "out": str(killed), "nproc": 1}
-    proc = _tailor(root, "fsdp-killed", keys, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                   str(_kill_driver(root)))
-    assert proc.returncode != 0
-    assert (killed / "checkpoint-000003" / "meta.json").is_file() and not (killed / "final").exists()
-    proc = subprocess.run([sys.executable, "-m", "tailor", "train", "--resume", str(killed), "--nproc", "2", "--quiet"],
-                          capture_output=True, text=True, timeout=240, env=_env(), cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _assert_same_run(killed, full_reference)
+    _assert_same_run(_kill_and_resume(root, "fsdp-killed", {**keys, "nproc": 1}), full_reference)
 
 
 def test_grad_accum_2_times_2_ranks_times_batch_1_equals_batch_4(root, tiny_model_dir, lora_reference):
@@ -210,14 +215,12 @@ def test_an_error_on_one_rank_ends_the_job_with_its_message(root, tiny_model_dir
     assert time.monotonic() - start < 90, "the other rank was not stopped"
 
 
-def test_resume_with_another_world_size_is_refused(root, tiny_model_dir, capsys):
+def test_resume_with_another_world_size_is_refused(ddp_lora, capsys):
     """A checkpoint written by 2 ranks is on a plan of 2 x batch per micro-batch set: 1 process
     would take other steps, so the resume names the difference and the fix."""
     from tailor.cli import main
 
-    out = root / "ddp-lora"
-    if not (out / "checkpoint-000007").is_dir():
-        pytest.skip("needs the 2-rank run of test_ddp_lora_equals_one_process_and_resumes_after_kill")
+    out = ddp_lora
     assert main(["train", "--resume", str(out), "--max-steps", "8", "--nproc", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "world_size: saved 2, now 1" in err and "--nproc 2" in err
