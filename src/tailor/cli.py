@@ -25,6 +25,8 @@ COMMANDS = {
     "export": ("tailor.commands.export", "Export a model to GGUF (llama.cpp), optionally with an Ollama Modelfile."),
     "push": ("tailor.commands.push", "Upload a fine-tuned adapter or model to the Hugging Face Hub."),
     "serve": ("tailor.commands.serve", "Serve models behind an OpenAI-compatible HTTP API."),
+    "index": ("tailor.commands.index", "Build or update a document index for retrieval, or search one (--query)."),
+    "eval": ("tailor.commands.eval", "Score a model on questions with reference answers, with and without retrieval."),
 }
 
 

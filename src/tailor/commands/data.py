@@ -33,6 +33,7 @@ def add_arguments(parser) -> None:
                       help="For a model without a chat template: chatml (default), llama3, alpaca, or a .jinja file.")
     show.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                       help="Colour the trained tokens (auto: when writing to a terminal).")
+    _rag_arguments(sub)
 
 
 def _common(parser) -> None:
@@ -51,7 +52,10 @@ def run(args) -> int:
         return check(args)
     if getattr(args, "action", None) == "show":
         return show(args)
-    raise UsageError("say what to do: tailor data check FILE | tailor data show FILE (see tailor data --help)")
+    if getattr(args, "action", None) == "rag":
+        return rag(args)
+    raise UsageError("say what to do: tailor data check FILE | tailor data show FILE | "
+                     "tailor data rag INDEX QUESTIONS --out FILE (see tailor data --help)")
 
 
 def _file(path: str) -> Path:
@@ -115,4 +119,36 @@ def show(args) -> int:
         print(report.show(Renderer(tokenizer), conv, color))
     except RenderError as exc:
         raise TailorError(f"line {conv.line}: the chat template refused this conversation: {exc}") from exc
+    return 0
+
+
+def _rag_arguments(sub) -> None:
+    rag_ = sub.add_parser("rag", help="Build RAFT-style training data: questions with retrieved context.",
+                          description="Build OpenAI chat JSONL that teaches a model to answer from retrieved "
+                                      "documents (RAFT): each question gets its oracle chunk among distractor chunks, "
+                                      "in the prompt format chat and serve use with --index.")
+    rag_.add_argument("index", metavar="INDEX", help="An index built by `tailor index DOCS --out INDEX`.")
+    rag_.add_argument("questions", metavar="QUESTIONS",
+                      help='JSONL, one {"question": ..., "answer": ..., "source": optional document} per line.')
+    rag_.add_argument("--out", required=True, help="The training JSONL to write.")
+    rag_.add_argument("--p", type=float, default=0.8,
+                      help="Share of examples that hold the oracle chunk (default 0.8; RAFT finds below 1 "
+                           "better: the rest teach the model the facts themselves).")
+    rag_.add_argument("--distractors", type=int, default=3,
+                      help="Other chunks per example, half hard (near misses), half random (default 3).")
+    rag_.add_argument("--seed", type=int, default=0, help="Random seed (same seed, same file).")
+    rag_.add_argument("--style", choices=("system", "user"), default="system",
+                      help="Where the documents go: a system message (default) or before the question; "
+                           "use the same style when serving.")
+
+
+def rag(args) -> int:
+    from tailor.rag.index import Index
+    from tailor.rag.raft import build_rag_data, read_questions
+
+    questions = read_questions(Path(args.questions))
+    with Index.open(args.index) as index:
+        report = build_rag_data(index, questions, Path(args.out), p=args.p, distractors=args.distractors,
+                                seed=args.seed, style=args.style)
+    print(f"{args.out}: {report.summary(args.p)}")
     return 0
