@@ -1,11 +1,15 @@
 """`tailor chat`: an interactive conversation. Works with piped stdin, one user turn a line.
 
 Commands: /reset clears the history, /system TEXT sets the system prompt, /exit leaves.
+With --index, each turn retrieves the top chunks for the user's message into the prompt (that turn
+only: the history keeps the plain messages) and names them after the answer.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from typing import Literal
 
 from tailor import config
 from tailor.commands.talk import TalkConfig, load_for_talk, sampling
@@ -13,15 +17,24 @@ from tailor.commands.talk import TalkConfig, load_for_talk, sampling
 HELP = "Commands: /reset (forget the conversation), /system TEXT (set the system prompt), /exit."
 
 
+@dataclass
+class ChatConfig(TalkConfig):
+    index: str | None = None
+    """A document index (`tailor index`): each turn's prompt gets the top chunks for your message."""
+    k: int = 4
+    """Chunks retrieved per turn with --index, 0 to 32."""
+    rag_style: Literal["system", "user"] = "system"
+    """Where the chunks go: a system message (system) or before your message (user)."""
+
+
 def add_arguments(parser) -> None:
-    config.add_arguments(parser, TalkConfig)
+    config.add_arguments(parser, ChatConfig)
 
 
 def run(args) -> int:
-    from tailor.infer.chat import stream_reply
-
-    cfg = config.build(TalkConfig, {k: v for k, v in vars(args).items() if k != "command"})
+    cfg = config.build(ChatConfig, {k: v for k, v in vars(args).items() if k != "command"})
     interactive = sys.stdin.isatty()
+    retriever = _retriever(cfg)  # before the model: a missing index fails fast
     loaded, warning = load_for_talk(cfg)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -54,16 +67,46 @@ def run(args) -> int:
             continue
         history.append({"role": "user", "content": line})
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        if interactive:
-            sys.stdout.write("assistant> ")
-        reply = []
-        try:
-            for piece in stream_reply(loaded, messages, sampling(cfg)):
-                reply.append(piece)
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-        except KeyboardInterrupt:  # stop this reply, keep the session
-            sys.stdout.write(" [interrupted]")
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        history.append({"role": "assistant", "content": "".join(reply)})
+        history.append({"role": "assistant", "content": _answer(loaded, cfg, messages, retriever, interactive)})
+
+
+def _answer(loaded, cfg: ChatConfig, messages: list[dict], retriever, interactive: bool) -> str:
+    """Stream one reply to stdout and return its text. Retrieved chunks go into this turn's
+    prompt only; the caller's history keeps the plain messages."""
+    from tailor.infer.chat import stream_reply
+
+    hits = None
+    if retriever is not None:
+        messages, hits = retriever.augment(messages)
+    if interactive:
+        sys.stdout.write("assistant> ")
+    reply = []
+    try:
+        for piece in stream_reply(loaded, messages, sampling(cfg)):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:  # stop this reply, keep the session
+        sys.stdout.write(" [interrupted]")
+    sys.stdout.write("\n")
+    if hits is not None:
+        _show_sources(hits)
+    sys.stdout.flush()
+    return "".join(reply)
+
+
+def _retriever(cfg: ChatConfig):
+    if cfg.index is None:
+        return None
+    from tailor.rag.retrieve import Retriever, check_k
+
+    check_k(cfg.k, "--k")
+    return Retriever.open(cfg.index, k=cfg.k, style=cfg.rag_style)
+
+
+def _show_sources(hits) -> None:
+    from tailor.data.report import DIM, RESET
+    from tailor.rag.retrieve import format_sources
+
+    line = f"sources: {format_sources(hits)}"
+    sys.stdout.write(f"{DIM}{line}{RESET}\n" if sys.stdout.isatty() else line + "\n")

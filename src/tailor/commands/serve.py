@@ -4,6 +4,9 @@ Each REF is a model folder, a LoRA adapter folder (served on top of its base, wh
 once however many adapters use it), a .gguf file, a hub id, or `default`. Clients pick one per
 request with the `model` field; ids are the --name values, else `default`, a hub id as given, or a
 local model's folder name (`RUN-final` / `RUN-checkpoint-N` for a training run's outputs): never a path.
+
+With --index INDEX (every model) or --rag MODEL=INDEX (one model), a chat request's prompt holds
+the top chunks of the index for its latest user turn, and the response names them (tailor.sources).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from typing import Literal
 
 from tailor import config
 
@@ -55,6 +59,15 @@ class ServeConfig:
     """Fine-tuning jobs trained at the same time; the others wait their turn, first come first served."""
     train_threads: int | None = None
     """CPU threads of each training job (default: every core but one, which stays the server's)."""
+    index: str | None = None
+    """A document index (`tailor index`) for every model: each chat request's prompt gets the top chunks
+    for its latest user turn. Fine-tunes served later use it too."""
+    rag: list[str] | None = None
+    """MODEL=INDEX: retrieve from INDEX for the served model id MODEL (repeat per model; wins over --index)."""
+    rag_k: int = 4
+    """Chunks retrieved per request, 0 to 32; a request may set its own with extra_body={"tailor": {"k": N}}."""
+    rag_style: Literal["system", "user"] = "system"
+    """Where the chunks go: a system message (system) or before the latest user turn (user)."""
 
 
 def add_arguments(parser) -> None:
@@ -63,9 +76,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--name", action="append", dest="names", default=None, metavar="ID",
                         help="Model id for the REF in the same position (repeat once per REF; default: `default`, "
                              "the hub id, or the folder's name).")
-    config.add_arguments(parser, ServeConfig, skip=("api_key",))
+    config.add_arguments(parser, ServeConfig, skip=("api_key", "rag"))
     parser.add_argument("--api-key", action="append", dest="api_key", default=argparse.SUPPRESS, metavar="KEY",
                         help=config.field_docs(ServeConfig)["api_key"])
+    parser.add_argument("--rag", action="append", dest="rag", default=argparse.SUPPRESS, metavar="MODEL=INDEX",
+                        help=config.field_docs(ServeConfig)["rag"])
 
 
 def run(args) -> int:
@@ -75,7 +90,7 @@ def run(args) -> int:
     from transformers.utils import logging as hf_logging
 
     from tailor.serve.app import Limits, create_app
-    from tailor.serve.registry import Registry
+    from tailor.serve.registry import Registry, model_ids
 
     skip = ("command", "refs", "names")
     cfg = config.build(ServeConfig, {k: v for k, v in vars(args).items() if k not in skip})
@@ -86,14 +101,17 @@ def run(args) -> int:
 
     # keys and the service first: a bad flag fails before the slow part, loading the models
     api_keys = keys.load(cfg.api_key, cfg.api_keys, os.environ.get("TAILOR_API_KEY"))
+    per_model, every = open_retrievers(cfg, model_ids(refs, args.names))
     service = Service(cfg.state, max_upload_bytes=cfg.max_upload_mb * 1024 * 1024, max_jobs=cfg.max_jobs,
                       train_threads=cfg.train_threads)
     registry = Registry.load(refs, args.names, dtype=cfg.dtype, max_batch=cfg.max_batch, max_len=cfg.max_len,
                              chat_template=cfg.chat_template, max_queue=cfg.max_queue)
+    registry.use_retrievers(per_model, every)
     app = create_app(registry, api_key=api_keys, max_body=cfg.max_body_bytes, service=service,
                      limits=Limits(max_n=cfg.max_n, max_prompts=cfg.max_prompts))
     for m in registry.models.values():
-        print(f"serving {m.id!r} (context {m.max_len} tokens)", file=sys.stderr)
+        rag = f", index {m.retriever.name!r}: top {m.retriever.k} chunks" if m.retriever else ""
+        print(f"serving {m.id!r} (context {m.max_len} tokens{rag})", file=sys.stderr)
     if len(api_keys.projects) > 1:  # names only: a key is never printed
         print(f"projects (one per API key): {', '.join(api_keys.projects)}", file=sys.stderr)
     print(f"OpenAI-compatible API at http://{cfg.host}:{cfg.port}/v1", file=sys.stderr)
@@ -103,3 +121,35 @@ def run(args) -> int:
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
                 timeout_graceful_shutdown=cfg.shutdown_timeout)
     return 0
+
+
+def open_retrievers(cfg: ServeConfig, ids: list[str]) -> tuple[dict, object]:
+    """({model id: Retriever} from --rag, the --index Retriever or None), each index opened and
+    its embedder loaded once, before the models: a bad flag or a missing index fails fast."""
+    from pathlib import Path
+
+    from tailor.errors import UsageError
+    from tailor.rag.retrieve import Retriever, check_k
+
+    check_k(cfg.rag_k, "--rag-k")
+    wanted: dict[str, str] = {}
+    for spec in cfg.rag or []:
+        model_id, sep, path = spec.partition("=")
+        if not sep or not model_id or not path:
+            raise UsageError(f"--rag {spec!r}: give MODEL=INDEX, e.g. --rag {ids[0]}=docs-index.")
+        if model_id not in ids:
+            raise UsageError(f"--rag {spec!r}: no served model has the id {model_id!r}; "
+                             f"the ids are {', '.join(ids)} (set them with --name).")
+        if model_id in wanted:
+            raise UsageError(f"--rag gives model {model_id!r} two indexes; give one.")
+        wanted[model_id] = path
+    opened: dict[Path, Retriever] = {}  # models that name the same index share it
+
+    def open_(path: str) -> Retriever:
+        key = Path(path).expanduser().resolve()
+        if key not in opened:
+            opened[key] = Retriever.open(key, k=cfg.rag_k, style=cfg.rag_style)
+        return opened[key]
+
+    per_model = {model_id: open_(path) for model_id, path in wanted.items()}
+    return per_model, open_(cfg.index) if cfg.index else None

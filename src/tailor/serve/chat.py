@@ -1,14 +1,17 @@
 """POST /v1/chat/completions: render with the model's own chat template, generate n choices,
-answer as one JSON body or as a stream of SSE chunks."""
+answer as one JSON body or as a stream of SSE chunks. A model served with a document index gets
+the top chunks for the latest user turn in its prompt (rag.context's format), and the response
+names them in a top-level `tailor.sources` (a stream: in its last chunk before [DONE])."""
 
 from __future__ import annotations
 
 from tailor.data.convert import Conversation, chat_conversation
 from tailor.data.problems import Problems
 from tailor.data.templates import render_prompt
+from tailor.rag.context import sources
 from tailor.serve import tools
 from tailor.serve.errors import APIError
-from tailor.serve.schemas import ChatRequest
+from tailor.serve.schemas import ChatOptions, ChatRequest
 from tailor.serve.stream import (Jobs, Meta, check_error, collect, completion_budget, error_event, off_loop, reason,
                                  sampling_params, sse, token_text, usage)
 
@@ -36,15 +39,36 @@ def prompt_ids(served, messages: list[dict], tool_defs: list[dict] | None = None
                        param="messages") from exc
 
 
+def retrieve(body: ChatRequest, served, messages: list[dict]) -> tuple[list[dict], list | None]:
+    """(the messages the model sees, the hits; None when retrieval did not run). Embeds the
+    question, so it runs on a worker thread (off_loop), never on the event loop."""
+    opts = body.tailor or ChatOptions()
+    if served.retriever is None:
+        if opts.rag:
+            raise APIError(400, f"The model `{body.model}` has no document index, so tailor.rag cannot be true. "
+                                "Serve it with --rag MODEL=INDEX (or --index INDEX), or leave tailor.rag out.",
+                           param="tailor.rag")
+        return messages, None
+    if opts.rag is False:
+        return messages, None
+    return served.retriever.augment(messages, opts.k)
+
+
 def _jobs(body: ChatRequest, served):
     conv = conversation(body)
-    prompt = prompt_ids(served, conv.template_messages(), conv.tools)
+    messages, hits = retrieve(body, served, conv.template_messages())
+    prompt = prompt_ids(served, messages, conv.tools)
     requested = body.max_completion_tokens or body.max_tokens
     budget = completion_budget(served, len(prompt), requested, "messages")
     top = body.top_logprobs or 0
     params = [sampling_params(body, served, len(prompt), budget, j, logprobs=body.logprobs, top_logprobs=top)
               for j in range(body.n)]
-    return prompt, Jobs(served, [(prompt, p) for p in params])
+    return prompt, Jobs(served, [(prompt, p) for p in params]), hits
+
+
+def extension(hits: list | None) -> dict | None:
+    """The response's `tailor` object: the chunks the prompt held. None: retrieval did not run."""
+    return None if hits is None else {"sources": sources(hits)}
 
 
 def _logprob_entries(served, events) -> list[dict]:
@@ -61,7 +85,7 @@ def _logprob_entries(served, events) -> list[dict]:
 
 
 async def complete(body: ChatRequest, served, http_request) -> dict:
-    prompt, jobs = await off_loop(_jobs, body, served)
+    prompt, jobs, hits = await off_loop(_jobs, body, served)
     results = await collect(jobs, http_request)
     meta = Meta("chatcmpl", body.model)
     style = tools.reply_style(body, served)
@@ -78,22 +102,30 @@ async def complete(body: ChatRequest, served, http_request) -> dict:
         choices.append({"index": i, "message": message,
                         "logprobs": {"content": _logprob_entries(served, events), "refusal": None} if body.logprobs else None,
                         "finish_reason": reason(finish)})
-    return {"id": meta.id, "object": "chat.completion", "created": meta.created, "model": body.model,
-            "choices": choices, "usage": usage(len(prompt), generated), "system_fingerprint": None}
+    out = {"id": meta.id, "object": "chat.completion", "created": meta.created, "model": body.model,
+           "choices": choices, "usage": usage(len(prompt), generated), "system_fingerprint": None}
+    if hits is not None:
+        out["tailor"] = extension(hits)
+    return out
 
 
 def stream_setup(body: ChatRequest, served):
     """Validate and submit before the response starts, so errors are still plain HTTP errors."""
-    prompt, jobs = _jobs(body, served)
-    return _stream(body, served, prompt, jobs)
+    prompt, jobs, hits = _jobs(body, served)
+    return _stream(body, served, prompt, jobs, hits)
 
 
-async def _stream(body: ChatRequest, served, prompt: list[int], jobs: Jobs):
+async def _stream(body: ChatRequest, served, prompt: list[int], jobs: Jobs, hits: list | None):
     meta = Meta("chatcmpl", body.model)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    ext = extension(hits)
 
-    def chunk(choices, usage_=None):
-        return meta.chunk("chat.completion.chunk", choices, include_usage, usage_)
+    def chunk(choices, usage_=None, final=False):
+        """`final`: the last chunk before [DONE], the one that carries the sources."""
+        return meta.chunk("chat.completion.chunk", choices, include_usage, usage_, ext if final else None)
+
+    def ends_stream() -> bool:  # this choice's end is the stream's last chunk (no usage chunk follows)
+        return not jobs.pending and not include_usage
 
     generated = 0
     pending_lp: dict[int, list] = {i: [] for i in range(body.n)}
@@ -116,8 +148,9 @@ async def _stream(body: ChatRequest, served, prompt: list[int], jobs: Jobs):
             if style:
                 held[i].append(event)
                 if event.finish_reason:
-                    for c in _held_reply(body, served, i, held[i], pending_lp[i], style):
-                        yield chunk([c])
+                    reply = _held_reply(body, served, i, held[i], pending_lp[i], style)
+                    for j, c in enumerate(reply):
+                        yield chunk([c], final=j == len(reply) - 1 and ends_stream())
                 continue
             if event.text:
                 lp = _logprob_entries(served, pending_lp[i]) if body.logprobs else None
@@ -126,9 +159,10 @@ async def _stream(body: ChatRequest, served, prompt: list[int], jobs: Jobs):
                               "logprobs": {"content": lp, "refusal": None} if lp is not None else None,
                               "finish_reason": None}])
             if event.finish_reason:
-                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason(event.finish_reason)}])
+                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason(event.finish_reason)}],
+                            final=ends_stream())
         if include_usage:
-            yield chunk([], usage(len(prompt), generated))
+            yield chunk([], usage(len(prompt), generated), final=True)
         yield sse("[DONE]")
     finally:  # the client left (or we finished): free the engine's slots either way
         jobs.cancel()

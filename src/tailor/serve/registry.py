@@ -27,6 +27,7 @@ class ServedModel:
     warning: str | None = None
     owned_by: str = "tailor"
     project: str | None = None  # a fine-tune belongs to the project that made it; None: served to all
+    retriever: object = None  # a tailor.rag.retrieve.Retriever: chunks of its index go into each prompt
 
     def visible_to(self, project: str | None) -> bool:
         return self.project is None or self.project == project
@@ -36,7 +37,11 @@ class ServedModel:
         return self.engine.max_len
 
     def card(self) -> dict:
-        return {"id": self.id, "object": "model", "created": self.created, "owned_by": self.owned_by}
+        card = {"id": self.id, "object": "model", "created": self.created, "owned_by": self.owned_by}
+        if self.retriever is not None:  # the index's folder name, never its path
+            r = self.retriever
+            card["tailor"] = {"rag": {"index": r.name, "chunks": r.chunks, "k": r.k, "style": r.style}}
+        return card
 
 
 @dataclass
@@ -52,6 +57,7 @@ class Registry:
         self.engines: list = []
         self.refs: dict[str, str] = {}  # model id -> the reference it was loaded from
         self._started = False
+        self.retriever = None  # what models added while running (fine-tunes) retrieve from: --index
         # what add() needs to load more models into the same engines: bases, options, template
         self._later = ({}, dict(dtype="auto", device=None, max_batch=16, max_len=None, max_queue=None), None)
 
@@ -64,6 +70,17 @@ class Registry:
     def visible(self, project: str | None) -> dict[str, ServedModel]:
         """The models `project` may see: those served to all, and its own fine-tunes."""
         return {k: m for k, m in self.models.items() if m.visible_to(project)}
+
+    def use_retrievers(self, per_model: dict, default=None) -> None:
+        """Retrieval for each model id (`per_model`: id -> Retriever, from --rag), else `default`
+        (--index), which models added later, the fine-tunes, get too."""
+        unknown = sorted(set(per_model) - set(self.models))
+        if unknown:
+            raise UsageError(f"--rag names model(s) {', '.join(unknown)}, which are not served; "
+                             f"the served ids are {', '.join(self.models)}.")
+        self.retriever = default
+        for model_id, m in self.models.items():
+            m.retriever = per_model.get(model_id, default)
 
     def start(self) -> None:
         self._started = True
@@ -96,7 +113,7 @@ class Registry:
         anything else gets an engine, started now if the registry is running."""
         n_engines = len(self.engines)
         m = self._load_one(ref, model_id, *self._later)
-        m.owned_by, m.project = owned_by, project
+        m.owned_by, m.project, m.retriever = owned_by, project, self.retriever
         if self._started:
             for engine in self.engines[n_engines:]:
                 engine.start()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+
+from tailor.rag.retrieve import MAX_K
 
 MAX_STOPS = 4
 
@@ -52,6 +54,15 @@ class _Sampling(_Body):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+class ChatOptions(BaseModel):
+    """tailor's own request options (`extra_body={"tailor": {...}}`). Unlike OpenAI's fields, an
+    unknown key here is a 400: a misspelt option must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+    rag: StrictBool | None = None  # false: no retrieval; true: a 400 if the model has no index
+    k: StrictInt | None = Field(None, ge=0, le=MAX_K)  # chunks to retrieve (0: none); default: --rag-k
+
+
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[dict[str, Any]] | None = None
@@ -61,6 +72,7 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tailor: ChatOptions | None = None
 
 
 class CompletionRequest(_Sampling):

@@ -141,13 +141,16 @@ class Meta:
     def __post_init__(self):
         self.id = f"{self.kind}-{uuid.uuid4().hex[:24]}"
 
-    def chunk(self, obj: str, choices: list, include_usage: bool, usage_: dict | None = None) -> str:
+    def chunk(self, obj: str, choices: list, include_usage: bool, usage_: dict | None = None,
+              tailor: dict | None = None) -> str:
         """One SSE event of a stream; with include_usage every chunk carries `usage` (null but
-        the last), as OpenAI's streams do."""
+        the last), as OpenAI's streams do. `tailor`: the extension object, on the last chunk only."""
         c = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
              "system_fingerprint": None, "choices": choices}
         if include_usage:
             c["usage"] = usage_
+        if tailor is not None:
+            c["tailor"] = tailor
         return sse(c)
 
 
