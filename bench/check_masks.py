@@ -11,6 +11,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True)
+    ap.add_argument("--max-length", type=int, default=512)
     a = ap.parse_args()
     from transformers import AutoTokenizer
 
@@ -18,7 +19,7 @@ def main() -> None:
     from tailor.data import prepare
 
     tok = AutoTokenizer.from_pretrained(a.model)
-    ours = prepare(a.data, tok, max_length=512, use_cache=False).examples
+    ours = prepare(a.data, tok, max_length=a.max_length, use_cache=False).examples
     theirs = marked_examples(AutoTokenizer.from_pretrained(a.model), a.data)
     bad = 0
     for ex, (ids, mask) in zip(ours, theirs):

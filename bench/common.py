@@ -49,3 +49,37 @@ def heldout_loss(model, tokenizer, path: str) -> float:
             total += float(ce)
             count += int(keep.sum())
     return total / count
+
+
+def tailor_order(lengths: list[int], *, steps: int, batch_size: int, grad_accum: int, seed: int,
+                 max_length: int) -> list[int]:
+    """Example indices in the order tailor trains them (group batching: examples of similar length
+    share a micro-batch), micro-batch after micro-batch, for `steps` optimizer steps. The TRL peer
+    reads its dataset in this order with a sequential sampler, so both tools train the same
+    examples in the same micro-batches and steps: an equal-loss check then compares like with like.
+    The training file's size must be a multiple of batch_size x grad_accum (no short micro-batch)."""
+    import numpy as np
+
+    from tailor.train.batches import plan_epoch
+
+    per_step = batch_size * grad_accum
+    if len(lengths) % per_step:
+        raise SystemExit(f"bench: {len(lengths)} training examples is not a multiple of {per_step}")
+    order: list[int] = []
+    epoch = 0
+    while len(order) < steps * per_step:
+        plan = plan_epoch(np.asarray(lengths), epoch, seed=seed, batch_size=batch_size, batch_tokens=None,
+                          grad_accum=grad_accum, batching="group", max_length=max_length)
+        order += [i for step in plan for micro in step for i in micro]
+        epoch += 1
+    return order[:steps * per_step]
+
+
+def process_age() -> float:
+    """Seconds since this process started (the OS's start time): 'time to first step' counts the
+    interpreter start and every import, as a user waits for them."""
+    import time
+
+    import psutil
+
+    return time.time() - psutil.Process().create_time()

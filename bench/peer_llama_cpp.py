@@ -25,7 +25,8 @@ def main() -> None:
     from tailor.export.gguf import export_gguf
 
     gguf = Path(__file__).resolve().parent / ".work" / f"llama-cpp-{a.quant}.gguf"
-    export_gguf(a.model, gguf, quant=a.quant)
+    if not gguf.is_file():  # bench/run.py removes these at its start, so each run exports afresh
+        export_gguf(a.model, gguf, quant=a.quant)
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=256, n_threads=a.threads, n_threads_batch=a.threads,
                           verbose=False)
     g = torch.Generator().manual_seed(0)

@@ -1,10 +1,10 @@
 """`tailor serve` under load: total completion tokens/s with 1, 4 and 8 concurrent streaming
 clients (the official openai SDK), the server in its own process as a user would run it.
-Prints one JSON line: {"clients": {"1": tok/s, "4": ..., "8": ...}}."""
+--rounds times over the client counts (1, 4, 8, 1, 4, 8, ...), so each ratio has a figure per round.
+Prints one JSON line: {"clients": {"1": tok/s, ...} (mean), "rounds": [{"1": tok/s, ...}, ...]}."""
 
 import argparse
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,8")
     ap.add_argument("--requests", type=int, default=2, help="requests per client")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
     import openai
 
@@ -59,14 +60,18 @@ def main() -> None:
             return made
 
         one(0)  # warm-up
-        result = {}
-        for n in [int(c) for c in a.clients.split(",")]:
-            t = time.perf_counter()
-            with ThreadPoolExecutor(n) as pool:
-                tokens = sum(pool.map(one, range(n)))
-            result[str(n)] = tokens / (time.perf_counter() - t)
-            print(f"  {n} clients: {result[str(n)]:.1f} tok/s", file=sys.stderr, flush=True)
-        print(json.dumps({"tool": "tailor", "clients": result}))
+        rounds = []
+        for _ in range(a.rounds):
+            result = {}
+            for n in [int(c) for c in a.clients.split(",")]:
+                t = time.perf_counter()
+                with ThreadPoolExecutor(n) as pool:
+                    tokens = sum(pool.map(one, range(n)))
+                result[str(n)] = tokens / (time.perf_counter() - t)
+                print(f"  {n} clients: {result[str(n)]:.1f} tok/s", file=sys.stderr, flush=True)
+            rounds.append(result)
+        mean = {k: sum(r[k] for r in rounds) / len(rounds) for k in rounds[0]}
+        print(json.dumps({"tool": "tailor", "clients": mean, "rounds": rounds}))
     finally:
         server.send_signal(signal.SIGTERM)
         try:

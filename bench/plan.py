@@ -1,0 +1,86 @@
+"""What `make bench` trains, and how long it should take: the training configs, their steps and
+rounds, and an estimate printed at the start.
+
+Steps per config are chosen to keep the whole bench under 40 minutes on a 2-core CPU: short
+batch-4 runs take the most timed steps (they carry the held-out loss check: the model must learn
+the voice and formats); batch-16 runs (4x larger steps) and long batch-4 runs (~6x) take one timed
+step. The targets (batch 4 and 16, LoRA and full) get two rounds on short chats; long chats are
+measured in one round, for coverage.
+Long chats at batch 16 (16,000 tokens a step, ~3 minutes a step for TRL) run only when named
+with --configs.
+"""
+
+from __future__ import annotations
+
+MAX_LENGTH = {"short": 1024, "long": 2048}  # above every example, so none is dropped or cut
+MEAN_TOKENS = {"short": 153, "long": 970}  # per example, measured on bench/dataset.py's files
+DATA_SIZES = {"full": {"short": {"train": 320, "val": 16}, "long": {"train": 64, "val": 8}},
+              "quick": {"short": {"train": 32, "val": 8}, "long": {"train": 16, "val": 4}}}
+# LoRA learns the voice and formats within a few steps at 1e-3 (as `make demo` trains); full
+# fine-tuning at 5e-5, the usual range for a 135M model, with every weight moving.
+LR = {"lora": "1e-3", "full": "5e-5"}
+
+
+def _config(shape: str, method: str, batch: int, accum: int, steps: int, rounds: int, *, fp32_peer=False,
+            default=True) -> dict:
+    return {"name": f"{shape}-b{batch * accum}-{method}", "shape": shape, "method": method, "batch": batch,
+            "accum": accum, "steps": steps, "rounds": rounds, "lr": LR[method], "max_length": MAX_LENGTH[shape],
+            "fp32_peer": fp32_peer, "default": default}
+
+
+ALL = [
+    _config("short", "lora", 4, 1, 5, 2, fp32_peer=True),
+    _config("short", "full", 4, 1, 5, 2, fp32_peer=True),
+    _config("short", "lora", 4, 4, 1, 2),
+    _config("short", "full", 4, 4, 1, 2),
+    _config("long", "lora", 4, 1, 1, 1),
+    _config("long", "full", 4, 1, 1, 1),
+    _config("long", "lora", 4, 4, 1, 1, default=False),
+    _config("long", "full", 4, 4, 1, 1, default=False),
+]
+
+
+def configs(quick: bool, names: str | None) -> list[dict]:
+    if names:
+        chosen = [c for c in ALL if c["name"] in names.split(",")]
+        unknown = set(names.split(",")) - {c["name"] for c in chosen}
+        if unknown:
+            raise SystemExit(f"bench: unknown config(s) {sorted(unknown)}; known: {[c['name'] for c in ALL]}")
+    else:
+        chosen = [c for c in ALL if c["default"]][:1 if quick else None]
+    if quick:  # a smoke test: a few steps, one round
+        chosen = [{**c, "steps": min(c["steps"], 2), "rounds": 1} for c in chosen]
+    return chosen
+
+
+# Rough figures for the estimate (tokens/s and seconds), from earlier runs on 2-core CPUs.
+RATE = {("trl-bf16", "lora"): 95, ("trl-bf16", "full"): 77, ("trl-fp32", "lora"): 110, ("trl-fp32", "full"): 115,
+        ("tailor", "lora"): 250, ("tailor", "full"): 190}
+START_S = {"trl-bf16": 25, "trl-fp32": 25, "tailor": 25}  # start to step 1, and (tailor) its final save
+SCORE_TOKENS_PER_S = 500  # held-out scoring, fp32 forward only
+OTHER_S = {"demo": 120, "generate": 75, "generate-round": 110, "data": 60, "service": 180}
+
+
+def estimate(configs_: list[dict], parts: set, rounds: int, quick: bool = False) -> list[tuple[str, float]]:
+    """(what, seconds) for each piece of the run."""
+    out = [("peak, mask checks, base-model scoring", 40.0)]
+    sizes = DATA_SIZES["quick" if quick else "full"]
+    for c in configs_ if "train" in parts else []:
+        tokens = (c["steps"] + 1) * c["batch"] * c["accum"] * MEAN_TOKENS[c["shape"]]
+        score = sizes[c["shape"]]["val"] * MEAN_TOKENS[c["shape"]] / SCORE_TOKENS_PER_S
+        tools = ["trl-bf16", "tailor"]
+        per_round = sum(START_S[t] + tokens / RATE[(t, c["method"])] + score for t in tools)
+        extra = START_S["trl-fp32"] + tokens / RATE[("trl-fp32", c["method"])] + score if c["fp32_peer"] else 0
+        out.append((f"train {c['name']} x{min(rounds, c['rounds'])}", per_round * min(rounds, c["rounds"]) + extra))
+    if "generate" in parts:
+        out.append(("decode + server", OTHER_S["generate"] + OTHER_S["generate-round"] * rounds))
+    out += [(p, OTHER_S[p]) for p in ("demo", "data", "service") if p in parts]
+    return out
+
+
+def describe(configs_: list[dict], parts: set, rounds: int, quick: bool = False) -> str:
+    pieces = estimate(configs_, parts, rounds, quick)
+    lines = ["bench plan (expected duration on an idle 2-core CPU; a busy machine takes longer):"]
+    lines += [f"  {what:<40} ~{s / 60:4.1f} min" for what, s in pieces]
+    lines.append(f"  {'total':<40} ~{sum(s for _, s in pieces) / 60:4.1f} min")
+    return "\n".join(lines)

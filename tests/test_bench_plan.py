@@ -1,0 +1,94 @@
+"""The benchmark's own pieces (bench/): learnable data with a truly held-out split, a plan that
+fits its time budget, and a results page whose "met?" column follows each round's ratio."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _load(name: str):
+    """A bench/ script as a module under a private name (bench/ is not a package, and names
+    like `plan` must not shadow anything for the rest of the test session)."""
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+dataset, plan, results = _load("dataset"), _load("plan"), _load("results")
+
+
+def _questions(path: Path) -> set[str]:
+    out = set()
+    for line in path.read_text().splitlines():
+        for m in json.loads(line)["messages"]:
+            if m["role"] == "user" and "order log" not in m["content"]:
+                text = m["content"]
+                for p in sorted(dataset.PREFACES, key=len, reverse=True):
+                    if p and text.startswith(p):
+                        text = text[len(p):]
+                        break
+                out.add(text)
+    return out
+
+
+def test_held_out_questions_are_new_but_facts_and_voice_recur(tmp_path):
+    train, val = tmp_path / "t.jsonl", tmp_path / "v.jsonl"
+    dataset.write(str(train), n=300, shape="short", split="train")
+    dataset.write(str(val), n=60, shape="short", split="val")
+    assert not _questions(train) & _questions(val)
+    val_text, train_text = val.read_text(), train.read_text()
+    named = [p["name"] for p in dataset.PRODUCTS if p["name"] in val_text]
+    assert named and all(name in train_text for name in named)  # same catalogue
+    replies = [m["content"] for line in val_text.splitlines() for m in json.loads(line)["messages"]
+               if m["role"] == "assistant"]
+    assert all(r.endswith(dataset.SIGN_OFF) for r in replies)
+
+
+def test_data_is_deterministic_and_long_chats_are_long(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    dataset.write(str(a), n=8, shape="long")
+    dataset.write(str(b), n=8, shape="long")
+    assert a.read_text() == b.read_text()
+    chars = [sum(len(m["content"]) for m in json.loads(x)["messages"]) for x in a.read_text().splitlines()]
+    assert min(chars) > 1500  # ~650-1,250 tokens each (short chats: ~100-450)
+
+
+def test_default_plan_fits_the_40_minute_budget_and_quick_is_small():
+    parts = {"train", "demo", "generate", "data", "service"}
+    full = sum(s for _, s in plan.estimate(plan.configs(False, None), parts, 2))
+    assert full < 40 * 60
+    quick = plan.configs(True, None)
+    assert len(quick) == 1 and quick[0]["rounds"] == 1 and quick[0]["steps"] <= 2
+    with pytest.raises(SystemExit):
+        plan.configs(False, "no-such-config")
+
+
+def _run(config, rnd, tool, tps, loss, rss=1000.0):
+    return {"config": config, "round": rnd, "tool": tool, "tokens_per_s": tps, "val_loss": loss, "shape": "short",
+            "peak_rss_mb": rss, "first_step_s": 8.0 + rnd, "trained_tokens_per_s": tps / 2}
+
+
+def test_results_show_each_round_and_met_follows_every_round(tmp_path):
+    found = {"info": {"date": "d", "cpu": "c", "cores": 2, "torch": "t", "python": "p", "threads": 2},
+             "peak": {"bf16_tflops": 1.0, "fp32_tflops": 0.1}, "rounds": 2, "base_loss": {"short": 2.5},
+             "configs": [{"name": "short-b4-lora", "shape": "short"}],
+             "train": [_run("short-b4-lora", 0, "trl-bf16", 100, 1.70), _run("short-b4-lora", 0, "tailor", 520, 1.70, 400),
+                       _run("short-b4-lora", 1, "trl-bf16", 100, 1.70), _run("short-b4-lora", 1, "tailor", 480, 1.80, 400)]}
+    text = results.render(found, command="x")
+    speed = next(line for line in text.splitlines() if line.startswith("| training tokens/s"))
+    assert "5.20x / 4.80x" in speed and speed.endswith("| mixed |")
+    loss = next(line for line in text.splitlines() if line.startswith("| held-out loss"))
+    assert "+0.0% / +5.9%" in loss and loss.endswith("| mixed |")
+    memory = next(line for line in text.splitlines() if line.startswith("| peak RSS"))
+    assert memory.endswith("| yes |")
+    learned = next(line for line in text.splitlines() if line.startswith("| (section 1)"))
+    assert "tailor 0.68x / 0.72x" in learned and learned.endswith("| yes |")
+    out, hist = tmp_path / "RESULTS.md", tmp_path / "HISTORY.md"
+    out.write_text("# old results\nold figures\n")
+    results.write(out, text, history=hist)
+    assert out.read_text().startswith("# tailor benchmark results") and "old figures" in hist.read_text()
