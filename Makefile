@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.tailor-installed
 
-.PHONY: demo test test-fast bench install gguf clean
+.PHONY: demo rag-demo test test-fast bench install gguf clean
 
 install: $(STAMP)
 
@@ -33,15 +33,21 @@ gguf: $(STAMP)
 demo: $(STAMP)
 	@$(PY) examples/demo.py
 
+# Retrieval, fine-tuning, or both: the four-way table on made-up documents (examples/rag/).
+rag-demo: $(STAMP)
+	@$(PY) examples/rag_demo.py
+
 test: $(STAMP)
 	@$(PY) -m pytest -q
 
 test-fast: $(STAMP)
 	@$(PY) -m pytest -q -m "not integration"
 
+# ~38 minutes on an idle 2-core CPU (the plan and its estimate print first), plus the one-time
+# llama.cpp build of `gguf`. A smoke test in ~4 minutes: make bench BENCH_ARGS=--quick
 bench: $(STAMP) gguf
 	@$(PIP) install -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
-	@$(PY) bench/run.py
+	@$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,2 @@
+"""Scoring a model on questions with reference answers: with and without retrieval, for
+`tailor eval` (see evaluate.qa)."""
