@@ -8,6 +8,10 @@ with its own position, and nothing syncs with the device until the logits are re
 
 LoRA adapters stay separate from the base weights so several can be served on one base: each
 sequence in a batch names its adapter, and the low-rank update is added to that sequence's rows.
+
+The layer math is tailor.nn.llama's, the same code training runs; this module holds what only
+serving needs: weights as `Dense` callables (packed for oneDNN; any callable with the same
+interface, such as an int8 one, can stand in), several adapters per batch, the KV cache.
 """
 
 from __future__ import annotations
@@ -19,21 +23,10 @@ import torch.nn.functional as F
 
 from tailor.infer.kvcache import KVCache
 from tailor.infer.sampling import RowLogits
+from tailor.nn import llama
+from tailor.nn.llama import FUSED
 
-SUPPORTED = {"llama", "mistral", "qwen2"}
-# Fused projection -> the HF module names it is made of, in output order.
-FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
-         "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
-
-
-def supports(config) -> bool:
-    """True when this forward reproduces the HF model exactly. Logits are plain lm_head outputs
-    here, so a config that scales or soft-caps them (tailor.logits) goes to the HF forward."""
-    from tailor.logits import LogitTransform
-
-    return (config.model_type in SUPPORTED and getattr(config, "hidden_act", "silu") == "silu"
-            and not getattr(config, "sliding_window", None) and not getattr(config, "use_sliding_window", False)
-            and getattr(config, "pretraining_tp", 1) == 1 and LogitTransform.of(config).identity)
+supports = llama.supports  # whether this forward covers a config: infer.loading asks here
 
 
 class Dense:
@@ -71,11 +64,9 @@ class Layer:
     lora: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
 
 
-def _cat(mods, attr):
-    parts = [getattr(m, attr) for m in mods]
-    if any(p is None for p in parts):
-        return None
-    return torch.cat([p.detach() for p in parts], 0).contiguous()
+def _module(layer, name):
+    """An HF decoder layer's linear by its name (q_proj lives in self_attn, gate_proj in mlp)."""
+    return getattr(layer.self_attn, name, None) or getattr(layer.mlp, name)
 
 
 class LlamaForward:
@@ -83,39 +74,41 @@ class LlamaForward:
 
     lora_capable = True
 
-    def __init__(self, model, max_len: int):
-        cfg = model.config
+    def __init__(self, model, max_len: int, dtype: torch.dtype | None = None):
+        """`model`: an HF causal LM (its linear layers may be PEFT-wrapped: their base weights are
+        used, adapters come through add_lora); `dtype`: the weights' copy, default their own."""
         inner = model.model
         self.device = inner.embed_tokens.weight.device
-        self.dtype = inner.embed_tokens.weight.dtype
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-        self.eps = cfg.rms_norm_eps
-        self.vocab_size = cfg.vocab_size
+        self.dtype = dtype or inner.embed_tokens.weight.dtype
+        self.dims = llama.Dims.of(model)
+        self.prec = llama.Precision(compute=self.dtype, residual=self.dtype)
+        self.vocab_size = model.config.vocab_size
         self.max_len = max_len
-        self.embed = inner.embed_tokens.weight.detach()
-        self.norm = inner.norm.weight.detach()
-        self.lm_head = Dense(model.lm_head.weight.detach())
+        self.embed = self._t(inner.embed_tokens.weight)
+        self.norm = self._t(inner.norm.weight)
+        self.lm_head = Dense(self._t(model.lm_head.weight))
         self.layers = [self._layer(layer) for layer in inner.layers]
-        with torch.no_grad():  # HF's own rotary module, so every RoPE variant it knows is exact
-            pos = torch.arange(max_len, device=self.device)[None]
-            cos, sin = inner.rotary_emb(self.embed[:1], pos)
-        self.cos, self.sin = cos[0], sin[0]
-        half = self.head_dim // 2  # see _rope_
-        self.sin_signed = torch.cat((-self.sin[:, :half], self.sin[:, half:]), -1)
-        self.cache = KVCache(len(self.layers), self.n_kv, self.head_dim, max_len, self.dtype, self.device)
+        # each HF module's output size, for the zero blocks of a fused LoRA
+        self.outs = {n: _module(inner.layers[0], n).out_features for parts in FUSED.values() for n in parts}
+        self.cos, self.sin = llama.rope_tables(inner.rotary_emb, max_len, self.device, self.dtype)
+        self.cache = KVCache(len(self.layers), self.dims.n_kv, self.dims.head_dim, max_len, self.dtype, self.device)
 
-    @staticmethod
-    def _layer(layer) -> Layer:
-        a, m = layer.self_attn, layer.mlp
-        qkv = [a.q_proj, a.k_proj, a.v_proj]
-        return Layer(ln1=layer.input_layernorm.weight.detach(),
-                     qkv=Dense(_cat(qkv, "weight"), _cat(qkv, "bias")),
-                     o=Dense(a.o_proj.weight.detach(), None if a.o_proj.bias is None else a.o_proj.bias.detach()),
-                     ln2=layer.post_attention_layernorm.weight.detach(),
-                     gate_up=Dense(_cat([m.gate_proj, m.up_proj], "weight"), _cat([m.gate_proj, m.up_proj], "bias")),
-                     down=Dense(m.down_proj.weight.detach(), None if m.down_proj.bias is None else m.down_proj.bias.detach()))
+    def _t(self, t):
+        return t.detach().to(self.dtype)
+
+    def _dense(self, mods) -> Dense:
+        """One Dense over the HF linears `mods` (PEFT-wrapped or not), concatenated by rows."""
+        mods = [getattr(m, "base_layer", m) for m in mods]
+        w = torch.cat([self._t(m.weight) for m in mods], 0) if len(mods) > 1 else self._t(mods[0].weight)
+        bias = None
+        if any(m.bias is not None for m in mods):
+            bias = torch.cat([self._t(m.bias) if m.bias is not None else w.new_zeros(m.weight.shape[0])
+                              for m in mods], 0)
+        return Dense(w, bias)
+
+    def _layer(self, layer) -> Layer:
+        return Layer(ln1=self._t(layer.input_layernorm.weight), ln2=self._t(layer.post_attention_layernorm.weight),
+                     **{name: self._dense([_module(layer, p) for p in parts]) for name, parts in FUSED.items()})
 
     # -- LoRA -------------------------------------------------------------------------------
 
@@ -126,36 +119,15 @@ class LlamaForward:
             for name, parts in FUSED.items():
                 if not any((i, p) in weights for p in parts):
                     continue
-                fused[name] = self._fuse_lora(i, parts, weights, layer)
+                fused[name] = self._fuse_lora(i, parts, weights)
             if fused:
                 layer.lora[adapter_id] = fused
 
-    def _fuse_lora(self, i, parts, weights, layer):
-        """One (A, B) pair for a fused projection: A stacked, B block-diagonal, zeros where a
-        part has no LoRA, so a single pair of matmuls covers q, k and v together."""
-        outs = [self._part_out(layer, parts, p) for p in parts]
+    def _fuse_lora(self, i, parts, weights):
+        """One (A, B) pair for a fused projection, as training fuses it (tailor.nn.llama)."""
         pairs = [weights.get((i, p)) for p in parts]
-        rank = sum(ab[0].shape[0] for ab in pairs if ab is not None)
-        in_dim = next(ab[0].shape[1] for ab in pairs if ab is not None)
-        a = torch.zeros(rank, in_dim, dtype=self.dtype, device=self.device)
-        b = torch.zeros(sum(outs), rank, dtype=self.dtype, device=self.device)
-        r0 = o0 = 0
-        for out, ab in zip(outs, pairs):
-            if ab is not None:
-                r = ab[0].shape[0]
-                a[r0:r0 + r] = ab[0].to(self.dtype)
-                b[o0:o0 + out, r0:r0 + r] = ab[1].to(self.dtype)
-                r0 += r
-            o0 += out
-        return a, b
-
-    def _part_out(self, layer, parts, name):
-        if parts[0] == "q_proj":
-            kv = self.n_kv * self.head_dim
-            return {"q_proj": self.n_heads * self.head_dim, "k_proj": kv, "v_proj": kv}[name]
-        if parts[0] == "gate_proj":
-            return layer.gate_up.weight.shape[0] // 2
-        return {"o_proj": layer.o.weight.shape[0], "down_proj": layer.down.weight.shape[0]}[name]
+        pairs = [None if ab is None else tuple(t.to(self.device, self.dtype) for t in ab) for ab in pairs]
+        return llama.stack_lora(pairs, [self.outs[p] for p in parts])
 
     def release(self, slot: int) -> None:
         """A slot's sequence ended; its cache rows are simply overwritten by the next one."""
@@ -165,51 +137,20 @@ class LlamaForward:
             layer.lora.pop(adapter_id, None)
 
     # -- forward ----------------------------------------------------------------------------
-    # At batch 1 a token costs ~30 layers x ~25 small ops, each a few microseconds of dispatch,
-    # so the forward keeps the op count low: q and k rotate in one go inside the qkv buffer,
-    # k and v reach the cache in one indexed write, residuals add in place, and decode attends
-    # with SDPA (a bf16 bmm on these shapes is ~10x slower than its fused single-query kernel).
-
-    def _norm(self, x, w):
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True).add_(self.eps))
-        return w * h.to(x.dtype)
-
-    def _linear(self, x, layer, name, groups):
-        y = getattr(layer, name)(x)
-        for adapter, rows in groups:
-            ab = layer.lora.get(adapter, {}).get(name)
-            if ab is None:
-                continue
-            if rows is None:
-                y = y + F.linear(F.linear(x, ab[0]), ab[1])
-            else:
-                y = y.index_add(0, rows, F.linear(F.linear(x.index_select(0, rows), ab[0]), ab[1]))
-        return y
-
-    def _rope_(self, qk, cos, sin):
-        """RoPE in place on qk [T, heads, hd] (q and k heads together); cos/sin [T, 1, hd] with
-        sin's first half negated, so rotate_half(x) * sin == roll(x, hd/2) * sin_signed exactly."""
-        rot = torch.roll(qk, qk.shape[-1] // 2, -1).mul_(sin)
-        qk.mul_(cos).add_(rot)
-
-    def _block(self, x, layer, i, cos, sin, groups, attend):
-        """One decoder layer; updates x [T, hidden] in place and returns it."""
-        n, nq, nk = x.shape[0], self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        qkv = self._linear(self._norm(x, layer.ln1), layer, "qkv", groups)
-        self._rope_(qkv[:, :nq + nk].view(n, self.n_heads + self.n_kv, self.head_dim), cos, sin)
-        q = qkv[:, :nq].view(n, self.n_heads, self.head_dim)
-        kv = qkv[:, nq:].view(n, 2, self.n_kv, self.head_dim)
-        attn = attend(i, q, kv)
-        x.add_(self._linear(attn.reshape(n, nq), layer, "o", groups))
-        gate, up = self._linear(self._norm(x, layer.ln2), layer, "gate_up", groups).chunk(2, -1)
-        return x.add_(self._linear(F.silu(gate).mul_(up), layer, "down", groups))
+    # The layer is tailor.nn.llama's (the one training runs); this side supplies Dense weights,
+    # per-row adapters and the cache. At batch 1 a token costs ~30 layers x ~25 small ops, each
+    # a few microseconds of dispatch, so the op count stays low: q and k rotate in one go inside
+    # the qkv buffer, residuals add in place, and decode attends with SDPA (a bf16 bmm on these
+    # shapes is ~10x slower than its fused single-query kernel).
 
     def _logits(self, x):
-        return self.lm_head(self._norm(x, self.norm)).float()
+        return self.lm_head(llama.rms_norm(x, self.norm, self.dims.eps, self.dtype)).float()
 
-    def _rope_tables(self, pos):
-        return self.cos[pos][:, None], self.sin_signed[pos][:, None]
+    def _run(self, x, rope, groups, attend):
+        ops = _ServeOps(self.layers, groups, attend)
+        for i, layer in enumerate(self.layers):
+            x = llama.block(x, i, layer, self.dims, rope, self.prec, ops)
+        return x
 
     @torch.inference_mode()
     def prefill(self, slot: int, ids: list[int], adapter: int = 0, all_logits: bool = False) -> torch.Tensor:
@@ -217,21 +158,16 @@ class LlamaForward:
         logits [V], or every position's as RowLogits with `all_logits`."""
         n = len(ids)
         self.cache.reserve(slot + 1, n)
-        tokens = torch.tensor(ids, device=self.device)
-        x = self.embed[tokens]
-        cos, sin = self.cos[:n, None], self.sin_signed[:n, None]
-        groups = [(adapter, None)] if adapter else []
+        x = self.embed[torch.tensor([ids], device=self.device)]
+        rope = self.cos[:n, None], self.sin[:n, None]
 
-        def attend(i, q, kv):
+        def attend(i, q, k, v):
             cache = self.cache.kv[i]
-            cache[:, slot, :, :n] = kv.permute(1, 2, 0, 3)
-            k, v = cache[0, slot, :, :n], cache[1, slot, :, :n]
-            out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k[None], v[None], is_causal=True,
-                                                 enable_gqa=self.n_kv != self.n_heads)
-            return out[0].transpose(0, 1)
+            cache[0, slot, :, :n] = k[0].transpose(0, 1)
+            cache[1, slot, :, :n] = v[0].transpose(0, 1)
+            return llama.causal_attention(q, k, v, self.dims)
 
-        for i, layer in enumerate(self.layers):
-            x = self._block(x, layer, i, cos, sin, groups, attend)
+        x = self._run(x, rope, [(adapter, None)] if adapter else [], attend)[0]
         if all_logits:  # rows on demand, a block at a time: never the whole [T, V] in float32
             return RowLogits(lambda a, b: self._logits(x[a:b]), n)
         return self._logits(x[-1:])[0]
@@ -258,20 +194,38 @@ class LlamaForward:
     def _decode_core(self, tok, pos, slot_t, length: int, groups, contiguous: bool, mask) -> torch.Tensor:
         """The decode forward on device tensors only: no host reads, no syncs."""
         b = tok.shape[0]
-        x = self.embed[tok]
-        cos, sin = self._rope_tables(pos)
-        gqa = self.n_kv != self.n_heads
+        gqa = self.dims.n_kv != self.dims.n_heads
 
-        def attend(i, q, kv):
+        def attend(i, q, k, v):  # [b, 1, heads, hd]
             cache = self.cache.kv[i]
-            cache[:, slot_t, :, pos] = kv
+            cache[0][slot_t, :, pos] = k[:, 0]
+            cache[1][slot_t, :, pos] = v[:, 0]
             both = cache[:, :b, :, :length] if contiguous else cache[:, slot_t, :, :length]
-            out = F.scaled_dot_product_attention(q[:, :, None], both[0], both[1], attn_mask=mask, enable_gqa=gqa)
-            return out.view(b, self.n_heads, self.head_dim)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), both[0], both[1], attn_mask=mask,
+                                                 scale=self.dims.scaling, enable_gqa=gqa)
+            return out.transpose(1, 2)
 
-        for i, layer in enumerate(self.layers):
-            x = self._block(x, layer, i, cos, sin, groups, attend)
-        return self._logits(x)
+        rope = self.cos[pos][:, None, None], self.sin[pos][:, None, None]
+        return self._logits(self._run(self.embed[tok][:, None], rope, groups, attend)[:, 0])
+
+
+class _ServeOps:
+    """tailor.nn.llama's Ops for one engine forward: Dense weights (or any callable like it),
+    each adapter's LoRA added to its own rows, attention through the KV cache."""
+
+    def __init__(self, layers, groups, attend):
+        self.layers, self.groups, self.attend = layers, groups, attend
+
+    def project(self, i, name, h, acc):
+        layer = self.layers[i]
+        y = getattr(layer, name)(h)
+        out = y if acc is None else acc(y)
+        for adapter, rows in self.groups:
+            ab = layer.lora.get(adapter, {}).get(name)
+            if ab is not None:
+                x = h.reshape(-1, h.shape[-1]) if rows is None else h.reshape(-1, h.shape[-1]).index_select(0, rows)
+                out = llama.add_lora(out, F.linear(x, ab[0]), ab[1], rows)
+        return out
 
 
 def _groups(adapters: list[int], device) -> list[tuple[int, torch.Tensor | None]]:

@@ -34,17 +34,18 @@ def validation_loss(model, examples, cfg, prec, pad_id: int) -> dict:
 
 @torch.no_grad()
 def sample_answers(model, tokenizer, samples, prec, max_tokens: int) -> list[dict]:
-    """Greedy answers to the validation prompts, beside their reference answers."""
-    from tailor.train.generate import greedy_reply
+    """Greedy answers to the validation prompts, beside their reference answers. They come from
+    the engine's forward in the compute dtype when it covers the model (train.generate), so
+    they are what `tailor serve` will answer."""
+    from tailor.train.generate import greedy_replies
 
     was_training = model.training
     model.eval()
-    out = []
     try:
-        for messages, reference in samples:
-            with prec.autocast():
-                answer = greedy_reply(model, tokenizer, messages, max_new_tokens=max_tokens)
-            out.append({"prompt": messages[-1]["content"], "reference": reference, "answer": answer.strip()})
+        with prec.autocast():
+            answers = greedy_replies(model, tokenizer, [messages for messages, _ in samples],
+                                     max_new_tokens=max_tokens)
     finally:
         model.train(was_training)
-    return out
+    return [{"prompt": messages[-1]["content"], "reference": reference, "answer": answer.strip()}
+            for (messages, reference), answer in zip(samples, answers)]

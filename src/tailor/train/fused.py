@@ -6,7 +6,9 @@ matmuls but by thousands of small ops: autocast's per-op dtype casts, PEFT's per
 wrappers, RMSNorm and rotary written as many elementwise kernels. Here q/k/v and gate/up are
 one matmul each, the LoRA A matrices of a fused projection are one matmul and the B matrices one
 block-diagonal matmul (scaling folded in), rotary covers q and k in one pass, and every cast is
-explicit (autocast is switched off inside).
+explicit (autocast is switched off inside). The layer itself is tailor.nn.llama's, shared with
+the inference engine; this module supplies the training side: PEFT's modules as fused
+projections, the precision below, attention without a cache, checkpointing.
 
 Precision policy, chosen so the loss tracks fp32 training (this is the one place it is stated;
 `_Proj.__call__` implements it for every projection):
@@ -32,10 +34,8 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from tailor.infer.llama import supports
-
-# Projections fused into one matmul, in output order, and where their modules live.
-_ATTN, _MLP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
+from tailor.nn import llama
+from tailor.nn.llama import FUSED
 
 
 def wrap(model, hf_body):
@@ -115,29 +115,18 @@ class _Proj:
         if not self.has_lora:
             return y if acc is None else acc(y)
         out = y.float() if acc is None else acc(y)
-        u, bt = self._lora(h, dtype, training)
-        flat = torch.addmm(out.reshape(-1, out.shape[-1]), u.reshape(-1, u.shape[-1]).to(out.dtype),
-                           bt.to(out.dtype))
-        return flat.view(out.shape)
+        u, bmat = self._lora(h, dtype, training)
+        return llama.add_lora(out, u, bmat)
 
     def _lora(self, h, dtype, training):
-        """(h @ A.T for every adapted part, block-diagonal (B * scale).T): A stacked, one matmul."""
+        """(h @ A.T for every adapted part, block-diagonal B * scale): A stacked, one matmul."""
+        pairs = [None if x is None else (x[0], x[1] * x[2]) for x in self.loras]
+        a, bmat = llama.stack_lora(pairs, self.outs)
         parts = [x for x in self.loras if x is not None]
         rates = [getattr(p[3], "p", 0.0) for p in parts]
         if training and any(rates):  # each adapted linear draws its own dropout mask, as PEFT does
-            u = torch.cat([F.linear(F.dropout(h, r, True), p[0].to(dtype)) for p, r in zip(parts, rates)], -1)
-        else:
-            a = torch.cat([p[0] for p in parts], 0) if len(parts) > 1 else parts[0][0]
-            u = F.linear(h, a.to(dtype))
-        blocks = [(x[1] * x[2]) if x is not None else _no_lora(out, h)
-                  for x, out in zip(self.loras, self.outs)]
-        bmat = torch.block_diag(*blocks) if len(blocks) > 1 else blocks[0]
-        return u, bmat.T
-
-
-def _no_lora(out, h):
-    """A [out, 0] block: a part without an adapter gets no columns in the block-diagonal B."""
-    return torch.zeros(out, 0, dtype=torch.float32, device=h.device)
+            return torch.cat([F.linear(F.dropout(h, r, True), p[0].to(dtype)) for p, r in zip(parts, rates)], -1), bmat
+        return F.linear(h, a.to(dtype)), bmat
 
 
 def _cat_bias(mods, *, detach):
@@ -147,6 +136,16 @@ def _cat_bias(mods, *, detach):
                                                             dtype=m.weight.dtype) for m in mods]
     parts = [p.detach() if detach else p for p in parts]
     return torch.cat(parts, 0)
+
+
+def plain_lora(m) -> bool:
+    """True when a PEFT LoRA layer is one this module (and the engine) reproduces: one active,
+    unmerged adapter, linear A and B, no DoRA, no bias, plain dropout."""
+    try:
+        _check_lora(m)
+    except _Unsupported:
+        return False
+    return True
 
 
 def _check_lora(m):
@@ -165,12 +164,33 @@ def _check_lora(m):
 class _Layer:
     def __init__(self, layer):
         a, m = layer.self_attn, layer.mlp
-        self.ln1, self.ln2 = layer.input_layernorm, layer.post_attention_layernorm
-        self.qkv = _Proj([getattr(a, n) for n in _ATTN])
+        self.norms = layer.input_layernorm, layer.post_attention_layernorm
+        self.qkv = _Proj([getattr(a, n) for n in FUSED["qkv"]])
         self.o = _Proj([a.o_proj])
-        self.gate_up = _Proj([getattr(m, n) for n in _MLP])
+        self.gate_up = _Proj([getattr(m, n) for n in FUSED["gate_up"]])
         self.down = _Proj([m.down_proj])
-        self.scaling = getattr(a, "scaling", None)
+
+    @property
+    def ln1(self):  # read at each call: full fine-tuning trains the norms
+        return self.norms[0].weight
+
+    @property
+    def ln2(self):
+        return self.norms[1].weight
+
+
+class _TrainOps:
+    """tailor.nn.llama's Ops for one training (or validation) forward: one adapter's LoRA fused
+    per projection, attention causal over the batch (no cache)."""
+
+    def __init__(self, layers, dims, dtype, training):
+        self.layers, self.dims, self.dtype, self.training = layers, dims, dtype, training
+
+    def project(self, i, name, h, acc):
+        return getattr(self.layers[i], name)(h, self.dtype, self.training, acc)
+
+    def attend(self, i, q, k, v):
+        return llama.causal_attention(q, k, v, self.dims)
 
 
 class FusedBody:
@@ -179,16 +199,14 @@ class FusedBody:
 
     def __init__(self, base, hf_body):
         cfg = base.config
-        if not supports(cfg) or getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+        quantised = getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
+        if not llama.supports(cfg) or quantised:
             raise _Unsupported(getattr(cfg, "model_type", "?"))
         inner = base.model
         if not type(inner.norm).__name__.endswith("RMSNorm"):
             raise _Unsupported("norm")
         self.hf_body, self.inner, self.config = hf_body, inner, cfg
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-        self.eps = cfg.rms_norm_eps
+        self.dims = llama.Dims.of(base)
         self.layers = [_Layer(layer) for layer in inner.layers]
         self._rope = {}
 
@@ -201,81 +219,28 @@ class FusedBody:
 
     def forward(self, input_ids, dtype):
         training = self.inner.training and torch.is_grad_enabled()
+        # Rotary and attention in fp32: more exact, and the CPU flash-attention kernel runs its
+        # backward ~3x faster in fp32 than in bf16 at these sizes.
+        prec = llama.Precision(compute=dtype, residual=torch.float32)
+        ops = _TrainOps(self.layers, self.dims, dtype, training)
         x = self.inner.embed_tokens(input_ids).float()
-        cos, sin = self._cos_sin(input_ids.shape[1], x, dtype)
+        rope = self._cos_sin(input_ids.shape[1], x.device)
         ckpt = training and getattr(self.inner, "gradient_checkpointing", False)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             if ckpt:
                 from torch.utils.checkpoint import checkpoint
 
-                x = checkpoint(self._block, x, layer, cos, sin, dtype, training, use_reentrant=False)
+                x = checkpoint(llama.block, x, i, layer, self.dims, rope, prec, ops, use_reentrant=False)
             else:
-                x = self._block(x, layer, cos, sin, dtype, training)
-        return _rms(x, self.inner.norm.weight, self.eps)
+                x = llama.block(x, i, layer, self.dims, rope, prec, ops)
+        return llama.rms_norm(x, self.inner.norm.weight, self.dims.eps, x.dtype)
 
-    def _cos_sin(self, length, x, dtype):
-        key = (length, x.device, dtype)
-        if key not in self._rope:
-            with torch.no_grad():  # HF's own rotary module, so every RoPE variant it knows is exact
-                pos = torch.arange(length, device=x.device)[None]
-                cos, sin = self.inner.rotary_emb(x[:1, :1].float(), pos)
-            # [1, T, 1, hd] broadcast over heads; sin with the rotate-half sign folded in
-            half = cos.shape[-1] // 2
-            sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(x.device)
-            self._rope = {key: (cos[:, :, None].float(), (sin * sign)[:, :, None].float())}
+    def _cos_sin(self, length, device):
+        key = (length, device)
+        if key not in self._rope:  # [T, 1, hd]: broadcast over batch and heads
+            cos, sin = llama.rope_tables(self.inner.rotary_emb, length, device, torch.float32)
+            self._rope = {key: (cos[:, None], sin[:, None])}
         return self._rope[key]
-
-    def _block(self, x, layer, cos, sin, dtype, training):
-        b, t, _ = x.shape
-        nq, nk, hd = self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.head_dim
-        h = _rms(x, layer.ln1.weight, self.eps).to(dtype)
-        # Rotary and attention in fp32: more exact, and the CPU flash-attention kernel runs its
-        # backward ~3x faster in fp32 than in bf16 at these sizes.
-        qkv = layer.qkv(h, dtype, training, acc=lambda y: y.float())
-        qk, v = qkv.split([nq + nk, nk], -1)  # split, not slicing: its backward is one cat
-        qk = qk.unflatten(-1, (self.n_heads + self.n_kv, hd))
-        qk = qk * cos + qk.roll(hd // 2, -1) * sin  # rotate-half as a roll with the sign in sin
-        q, k = (z.transpose(1, 2) for z in qk.split([self.n_heads, self.n_kv], 2))
-        v = v.unflatten(-1, (self.n_kv, hd)).transpose(1, 2)
-        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=layer.scaling,
-                                              enable_gqa=self.n_kv != self.n_heads)
-        attn = attn.transpose(1, 2).reshape(b, t, nq).to(dtype)
-        x = layer.o(attn, dtype, training, acc=lambda y: x + y)  # residual stream stays fp32
-        h = _rms(x, layer.ln2.weight, self.eps).to(dtype)
-        act = _SwiGLU.apply(layer.gate_up(h, dtype, training), dtype)  # gate_up is fp32 when adapted
-        return layer.down(act, dtype, training, acc=lambda y: x + y)
-
-
-class _SwiGLU(torch.autograd.Function):
-    """silu(gate) * up of a [.., 2 * inter] gate_up, returned in the compute dtype.
-
-    An adapted gate_up arrives in fp32 (the precision policy above); autograd would keep that
-    fp32 tensor and an fp32 silu for the backward, twice a bf16 MLP's activation memory. This
-    keeps only gate_up in the compute dtype and recomputes silu in the backward, which runs in
-    the compute dtype as autocast's would: the forward is the exact fp32 one, the memory less
-    than before, and on a CPU it is faster than autograd's version in bf16 and fp32 alike."""
-
-    @staticmethod
-    def forward(ctx, gate_up, dtype):
-        gate, up = gate_up.chunk(2, -1)
-        ctx.save_for_backward(gate_up.to(dtype))
-        ctx.in_dtype = gate_up.dtype
-        return F.silu(gate).mul_(up).to(dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (gate_up,) = ctx.saved_tensors
-        gate, up = gate_up.chunk(2, -1)
-        grad = grad.to(gate_up.dtype)
-        out = torch.empty_like(gate_up)
-        d_gate, d_up = out.chunk(2, -1)
-        torch.mul(grad, F.silu(gate), out=d_up)
-        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
-        return out.to(ctx.in_dtype), None
-
-
-def _rms(x, w, eps):
-    return F.rms_norm(x, (x.shape[-1],), w.to(x.dtype), eps)
 
 
 def _compute_dtype(embed):

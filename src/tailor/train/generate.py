@@ -1,29 +1,119 @@
 """Greedy answers for evaluation samples and the demo: the chat template, a KV cache, stop ids.
 
-Kept inside train/ so evaluation depends only on transformers and the data templates."""
+A Llama-family model (plain, or with one plain PEFT LoRA adapter) answers through the engine's
+own forward (tailor.infer.llama, the layer training runs too), in the compute dtype, so the
+samples show the numerics `tailor serve` will serve. Anything else answers through its HF
+forward, as before."""
 
 from __future__ import annotations
+
+import re
 
 import torch
 
 from tailor.data.templates import render_prompt, stop_token_ids
+
+_LORA_NAME = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)$")
 
 
 @torch.no_grad()
 def greedy_reply(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 64,
                  stop_ids: list[int] | None = None) -> str:
     """The model's greedy answer to `messages` (decoded, without the end-of-turn token)."""
-    from transformers import DynamicCache
+    return greedy_replies(model, tokenizer, [messages], max_new_tokens=max_new_tokens, stop_ids=stop_ids)[0]
 
+
+@torch.no_grad()
+def greedy_replies(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 64,
+                   stop_ids: list[int] | None = None) -> list[str]:
+    """greedy_reply for each conversation; the engine's forward is built once for all of them.
+    Under autocast its weights are a copy in the autocast dtype (what `tailor serve` loads)."""
+    if not conversations:
+        return []
     stops = set(stop_ids or stop_token_ids(tokenizer, getattr(model, "generation_config", None)))
+    prompts = [render_prompt(tokenizer, messages) for messages in conversations]
     device = next(model.parameters()).device
-    ids = torch.tensor([render_prompt(tokenizer, messages)], device=device)
-    cache, out = DynamicCache(), []
-    for _ in range(max_new_tokens):
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-        token = int(logits[0, -1].argmax())
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    engine = engine_forward(model, max(map(len, prompts)) + max_new_tokens + 1, dtype)
+    step = _hf_steps(model, device) if engine is None else _engine_steps(*engine)
+    with torch.autocast(device.type, enabled=engine is None and dtype is not None, dtype=dtype):
+        return [tokenizer.decode(_greedy(step, ids, max_new_tokens, stops), skip_special_tokens=True)
+                for ids in prompts]
+
+
+def engine_forward(model, max_len: int, dtype=None):
+    """(tailor.infer.llama.LlamaForward, adapter id) over `model`'s current weights, or None
+    when the engine's forward does not cover it (architecture, or a PEFT setup beyond one
+    plain LoRA adapter on the decoder's linears)."""
+    from tailor.infer.llama import LlamaForward, supports
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "config", None) is None or not supports(base.config):
+        return None
+    pairs = _lora_pairs(model) if base is not model else {}
+    if pairs is None:
+        return None
+    forward = LlamaForward(base, max_len, dtype)
+    if pairs:
+        forward.add_lora(1, pairs)
+    return forward, 1 if pairs else 0
+
+
+def _lora_pairs(model):
+    """(layer, module name) -> (A, B * scale) of a PEFT model's one active plain LoRA adapter,
+    or None for anything else PEFT can do (DoRA, trained embeddings or head, other methods)."""
+    from peft.tuners.lora import LoraLayer
+
+    from tailor.train.fused import plain_lora
+
+    base = model.get_base_model()
+    if type(base.model.embed_tokens) is not torch.nn.Embedding or type(base.lm_head) is not torch.nn.Linear:
+        return None
+    pairs = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, LoraLayer):
+            continue
+        key = _LORA_NAME.search(name)
+        if key is None or not plain_lora(m):
+            return None
+        a = m.active_adapters[0]
+        pairs[(int(key[1]), key[2])] = (m.lora_A[a].weight.detach(), m.lora_B[a].weight.detach() * m.scaling[a])
+    return pairs or None  # no LoRA layer: another PEFT method (prompt tuning, ...)
+
+
+def _greedy(step, ids: list[int], max_new_tokens: int, stops: set[int]) -> list[int]:
+    out: list[int] = []
+    logits = step(ids, 0)
+    while len(out) < max_new_tokens:
+        token = int(logits.argmax())
         if token in stops:
             break
         out.append(token)
-        ids = torch.tensor([[token]], device=device)
-    return tokenizer.decode(out, skip_special_tokens=True)
+        if len(out) < max_new_tokens:
+            logits = step([token], len(ids) + len(out) - 1)
+    return out
+
+
+def _engine_steps(forward, adapter):
+    """step(new ids, their first position) -> the last position's logits, via the engine's
+    prefill (position 0) and decode, in cache slot 0."""
+    def step(ids, pos):
+        if pos == 0:
+            return forward.prefill(0, ids, adapter)
+        return forward.decode([0], ids, [pos], [adapter])[0]
+    return step
+
+
+def _hf_steps(model, device):
+    from transformers import DynamicCache
+
+    cache = None
+
+    def step(ids, pos):
+        nonlocal cache
+        if pos == 0:
+            cache = DynamicCache()
+        out = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
+        return out.logits[0, -1]
+    return step
