@@ -58,13 +58,12 @@ def main() -> None:
     out = Path(os.environ.get("TAILOR_RAG_DEMO_OUT", "runs/rag-demo"))
     if out.exists():
         shutil.rmtree(out)
-    # The documents sit beside the index, so sources read "docs/lark-drone.md" (an index names its
-    # documents relative to the folder it is in) in the prompts, the RAFT quotes and the results.
-    shutil.copytree(HERE / "docs", out / "docs")
+    # A folder's documents are named by the folder's name plus their path inside it, so sources
+    # read "docs/lark-drone.md" in the prompts, the RAFT quotes and the results.
     qa, index = str(HERE / "qa.jsonl"), str(out / "index")
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    step("index the documents", ["index", str(out / "docs"), "--out", index], timings)
+    step("index the documents", ["index", str(HERE / "docs"), "--out", index], timings)
     step("base model, without and with retrieval",
          ["eval", "default", qa, "--index", index, "--name", "base", "--out", str(out / "base.json")], timings)
     step("RAFT training data", ["data", "rag", index, str(HERE / "questions.jsonl"), "--out",
