@@ -84,13 +84,28 @@ def context_length(config, max_len: int | None = None) -> int:
     return min(limit, max_len) if max_len else limit
 
 
-def make_backend(model, max_len: int):
-    """The fast Llama-family forward when it applies, else the HF model itself."""
+QUANTIZE = ("int8",)
+
+
+def make_backend(model, max_len: int, quantize: str | None = None):
+    """The fast Llama-family forward when it applies, else the HF model itself. `quantize='int8'`
+    re-lays the forward's projection and output weights out as int8 (tailor.infer.quant): opt-in,
+    because it changes the numerics (measured in bench/RESULTS.md)."""
     from tailor.infer.hf_backend import HFForward
     from tailor.infer.llama import LlamaForward, supports
 
+    if quantize is not None and quantize not in QUANTIZE:
+        raise TailorError(f"--quantize {quantize}: unknown; the choice is {', '.join(QUANTIZE)} (or leave it out).")
     if supports(model.config):
-        return LlamaForward(model, max_len)
+        forward = LlamaForward(model, max_len)
+        if quantize == "int8":
+            from tailor.infer.quant import quantize_forward
+
+            quantize_forward(forward)
+        return forward
+    if quantize:
+        raise TailorError(f"--quantize {quantize} needs tailor's Llama-family forward, and a "
+                          f"{model.config.model_type} model runs on the Hugging Face fallback; leave --quantize out.")
     return HFForward(model, max_len)
 
 
@@ -157,7 +172,8 @@ def stop_ids(tokenizer, folders: list[Path], model=None) -> list[int]:
 
 
 def load_engine(ref, *, dtype: str = "auto", device: str | None = None, max_batch: int = 4,
-                max_len: int | None = None, chat_template: str | None = None) -> Loaded:
+                max_len: int | None = None, chat_template: str | None = None,
+                quantize: str | None = None) -> Loaded:
     """One model reference, loaded for generation: what `tailor generate` and `chat` use."""
     from tailor import models
     from tailor.data.templates import ensure_chat_template
@@ -170,25 +186,25 @@ def load_engine(ref, *, dtype: str = "auto", device: str | None = None, max_batc
         folder = models.local_folder(ref)
         model = load_hf_model(folder, dtype, device)
         fit_embeddings(model, tokenizer)
-        backend = make_backend(model, context_length(model.config, max_len))
+        backend = make_backend(model, context_length(model.config, max_len), quantize)
         return Loaded(Engine(backend, tokenizer, max_batch), tokenizer, 0,
                       stop_ids(tokenizer, [folder], model), warning)
     base = models.local_folder(models.adapter_base(src.path))
-    backend, adapter, model = adapter_backend(src.path, base, tokenizer, dtype, device, max_len)
+    backend, adapter, model = adapter_backend(src.path, base, tokenizer, dtype, device, max_len, quantize)
     return Loaded(Engine(backend, tokenizer, max_batch), tokenizer, adapter,
                   stop_ids(tokenizer, [src.path, base], model), warning)
 
 
-def adapter_backend(adapter: Path, base: Path, tokenizer, dtype, device, max_len):
+def adapter_backend(adapter: Path, base: Path, tokenizer, dtype, device, max_len, quantize=None):
     """(backend, adapter id, model) for an adapter served alone: LoRA kept separate (id 1) when
     it is plain and the fast path applies, else merged into the base (id 0)."""
     lora = read_lora(adapter)
     if lora is not None:
         model = load_hf_model(base, dtype, device)
         fit_embeddings(model, tokenizer)
-        backend = make_backend(model, context_length(model.config, max_len))
+        backend = make_backend(model, context_length(model.config, max_len), quantize)
         if hasattr(backend, "lora_capable"):
             backend.add_lora(1, lora.pairs)
             return backend, 1, model
     model = merged_adapter_model(adapter, base, tokenizer, dtype, device)
-    return make_backend(model, context_length(model.config, max_len)), 0, model
+    return make_backend(model, context_length(model.config, max_len), quantize), 0, model

@@ -94,13 +94,15 @@ class Registry:
     @classmethod
     def load(cls, refs: list[str], names: list[str] | None = None, *, dtype: str = "auto",
              device: str | None = None, max_batch: int = 16, max_len: int | None = None,
-             chat_template: str | None = None, max_queue: int | None = None) -> Registry:
+             chat_template: str | None = None, max_queue: int | None = None,
+             quantize: str | None = None) -> Registry:
         """Load every reference; adapters share their base's weights and engine. `max_queue`
         bounds each engine's waiting requests (None: unbounded)."""
         ids = model_ids(refs, names)
         reg = cls()
         bases: dict[Path, _Base] = {}
-        opts = dict(dtype=dtype, device=device, max_batch=max_batch, max_len=max_len, max_queue=max_queue)
+        opts = dict(dtype=dtype, device=device, max_batch=max_batch, max_len=max_len, max_queue=max_queue,
+                    quantize=quantize)
         reg._later = (bases, opts, chat_template)
         for ref, model_id in zip(refs, ids):
             reg.models[model_id] = reg._load_one(ref, model_id, bases, opts, chat_template)
@@ -167,7 +169,8 @@ class Registry:
         from tailor.infer import loading
         from tailor.infer.engine import Engine
 
-        backend = loading.make_backend(model, loading.context_length(model.config, opts["max_len"]))
+        backend = loading.make_backend(model, loading.context_length(model.config, opts["max_len"]),
+                                       opts.get("quantize"))
         engine = Engine(backend, tokenizer, opts["max_batch"], opts.get("max_queue"))
         self.engines.append(engine)
         return engine
