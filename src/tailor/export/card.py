@@ -88,11 +88,9 @@ def _cached_hub_folder(repo_id: str) -> Path | None:
 
 @lru_cache(maxsize=8)
 def _gguf_license(path: Path) -> str | None:
-    try:  # GGUFReader indexes every tensor (2 s for SmolLM2): once per file and process
-        from gguf import GGUFReader
-
-        field = GGUFReader(str(path)).fields.get("general.license")
-        return str(field.contents()) if field is not None else None
+    try:  # the header's key-value pairs only: ~1 ms (GGUFReader indexes every tensor first, ~2.5 s)
+        value = models.gguf_field(path, "general.license")
+        return value if isinstance(value, str) else None
     except Exception:
         return None
 
