@@ -1,11 +1,10 @@
 """Weight-only int8 projections (infer/quant.py) on small hand-made shapes."""
 
-from dataclasses import dataclass, field
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tailor.infer.llama import Dense, Layer
 from tailor.infer.quant import (
     Int8Dense,
     dequantize,
@@ -79,27 +78,6 @@ def test_non_contiguous_input():
     d = Int8Dense(_weight(6, 10))
     x = torch.randn(10, 4).T  # rows are strided
     torch.testing.assert_close(d(x), d(x.contiguous()))
-
-
-class Dense:
-    """The interface of infer.llama.Dense (that module is being reshaped; the contract is this)."""
-
-    def __init__(self, weight, bias=None):
-        self.weight, self.bias = weight, bias
-
-    def __call__(self, x):
-        return F.linear(x, self.weight, self.bias)
-
-
-@dataclass
-class Layer:  # the fields of infer.llama.Layer
-    ln1: torch.Tensor
-    qkv: Dense
-    o: Dense
-    ln2: torch.Tensor
-    gate_up: Dense
-    down: Dense
-    lora: dict = field(default_factory=dict)
 
 
 def test_quantize_dense_accepts_a_dense_or_a_tensor_and_keeps_the_bias():
