@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
             continue
         tp, _ = _unwrap_optional(types_[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_ = docs.get(f.name, "")
+        help_ = docs.get(f.name, "").replace("%", "%%")  # prose, not an argparse format string
         if default not in (None, "") and not isinstance(default, bool):
             help_ += f" (default: {default})"
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
