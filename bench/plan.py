@@ -4,8 +4,8 @@ rounds, and an estimate printed at the start.
 Steps per config are chosen to keep the whole bench under 40 minutes on a 2-core CPU: short
 batch-4 runs take the most timed steps (they carry the held-out loss check: the model must learn
 the voice and formats); batch-16 runs (4x larger steps) and long batch-4 runs (~6x) take one timed
-step. The targets (batch 4 and 16, LoRA and full) get two rounds on short chats; long chats are
-measured in one round, for coverage.
+step. Every default config gets two alternating rounds (about 22 minutes in all on an idle 2-core
+CPU).
 Long chats at batch 16 (16,000 tokens a step, ~3 minutes a step for TRL) run only when named
 with --configs.
 """
@@ -33,8 +33,8 @@ ALL = [
     _config("short", "full", 4, 1, 5, 2, fp32_peer=True),
     _config("short", "lora", 4, 4, 1, 2),
     _config("short", "full", 4, 4, 1, 2),
-    _config("long", "lora", 4, 1, 1, 1),
-    _config("long", "full", 4, 1, 1, 1),
+    _config("long", "lora", 4, 1, 1, 2),
+    _config("long", "full", 4, 1, 1, 2),
     _config("long", "lora", 4, 4, 1, 1, default=False),
     _config("long", "full", 4, 4, 1, 1, default=False),
 ]
@@ -54,9 +54,9 @@ def configs(quick: bool, names: str | None) -> list[dict]:
 
 
 # Rough figures for the estimate (tokens/s and seconds), from earlier runs on 2-core CPUs.
-RATE = {("trl-bf16", "lora"): 95, ("trl-bf16", "full"): 77, ("trl-fp32", "lora"): 110, ("trl-fp32", "full"): 115,
-        ("tailor", "lora"): 250, ("tailor", "full"): 190}
-START_S = {"trl-bf16": 25, "trl-fp32": 25, "tailor": 25}  # start to step 1, and (tailor) its final save
+RATE = {("trl-bf16", "lora"): 200, ("trl-bf16", "full"): 200, ("trl-fp32", "lora"): 140, ("trl-fp32", "full"): 135,
+        ("tailor", "lora"): 500, ("tailor", "full"): 390}  # bench/RESULTS.md, 2026-11-29, idle AMD EPYC
+START_S = {"trl-bf16": 15, "trl-fp32": 15, "tailor": 12}  # start to step 1, and (tailor) its final save
 SCORE_TOKENS_PER_S = 500  # held-out scoring, fp32 forward only
 OTHER_S = {"demo": 120, "generate": 75, "generate-round": 110, "data": 60, "service": 180}
 

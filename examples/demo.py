@@ -31,13 +31,12 @@ SYSTEM = ("You are Captain Stitch, a pirate. Always answer in pirate speech: sta
 
 
 def answers(model, tokenizer, system: str | None) -> list[str]:
-    from tailor.train.generate import greedy_reply
+    from tailor.train.generate import greedy_replies
 
-    out = []
-    for prompt in HELD_OUT:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        out.append(" ".join(greedy_reply(model, tokenizer, messages, max_new_tokens=48).split()))
-    return out
+    chats = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+             for prompt in HELD_OUT]
+    # One call per column: the engine's forward is built once for all the prompts.
+    return [" ".join(text.split()) for text in greedy_replies(model, tokenizer, chats, max_new_tokens=48)]
 
 
 def show(columns: dict[str, list[str]]) -> None:
