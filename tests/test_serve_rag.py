@@ -204,3 +204,21 @@ def test_chat_retrieves_per_turn_and_shows_sources(tiny_model_dir, index, monkey
     # the second turn sees its own chunk only; the history holds the plain first question
     assert "trains.txt" in second[0]["content"] and "zorblat.md" not in second[0]["content"]
     assert [m["content"] for m in second if m["role"] == "user"] == [FRUIT, TRAIN]
+
+
+def test_chat_names_k_when_retrieved_chunks_overflow_the_context(tiny_model_dir, index, monkeypatch, capsys):
+    import tailor.infer.chat as infer_chat
+    from tailor import cli
+
+    real = infer_chat.stream_reply
+
+    def small_context(loaded, messages, params):
+        loaded.engine.max_len = 40  # a model with a short context: the chunks no longer fit
+        return real(loaded, messages, params)
+
+    monkeypatch.setattr(infer_chat, "stream_reply", small_context)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{FRUIT}\n"))
+    rc = cli.main(["chat", "--model", str(tiny_model_dir), "--index", str(index), "--k", "2",
+                   "--temperature", "0", "--max-new-tokens", "3"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "context is 40" in err and "smaller --k (now 2)" in err and "Traceback" not in err

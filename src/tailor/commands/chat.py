@@ -73,6 +73,7 @@ def run(args) -> int:
 def _answer(loaded, cfg: ChatConfig, messages: list[dict], retriever, interactive: bool) -> str:
     """Stream one reply to stdout and return its text. Retrieved chunks go into this turn's
     prompt only; the caller's history keeps the plain messages."""
+    from tailor.errors import TailorError
     from tailor.infer.chat import stream_reply
 
     hits = None
@@ -88,6 +89,11 @@ def _answer(loaded, cfg: ChatConfig, messages: list[dict], retriever, interactiv
             sys.stdout.flush()
     except KeyboardInterrupt:  # stop this reply, keep the session
         sys.stdout.write(" [interrupted]")
+    except TailorError as exc:
+        if hits:  # the retrieved chunks took part of the context: say which knob frees it
+            raise TailorError(f"{exc} The {len(hits)} retrieved chunks are part of it: a smaller --k "
+                              f"(now {cfg.k}) leaves more room.") from exc
+        raise
     sys.stdout.write("\n")
     if hits is not None:
         _show_sources(hits)
