@@ -180,20 +180,29 @@ def test_rag_wins_over_index_and_fine_tunes_served_later_use_index(index, base):
     assert reg.get("b").retriever is every and reg.add(base, "ft:b:later").retriever is every
 
 
-def test_chat_retrieves_per_turn_and_shows_sources(tiny_model_dir, index, monkeypatch, capsys):
+def chat_with_index(model_dir, index, monkeypatch, lines: list[str], k: int, before=None) -> int:
+    """`tailor chat --index` in-process on piped `lines`; `before(loaded, messages)` sees each turn's
+    prompt messages just before the reply is generated."""
     import tailor.infer.chat as infer_chat
     from tailor import cli
 
-    seen, real = [], infer_chat.stream_reply
+    real = infer_chat.stream_reply
 
-    def spy(loaded, messages, params):
-        seen.append(messages)
+    def reply(loaded, messages, params):
+        if before is not None:
+            before(loaded, messages)
         return real(loaded, messages, params)
 
-    monkeypatch.setattr(infer_chat, "stream_reply", spy)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{FRUIT}\n{TRAIN}\n"))
-    rc = cli.main(["chat", "--model", str(tiny_model_dir), "--index", str(index), "--k", "1",
-                   "--temperature", "0", "--max-new-tokens", "3"])
+    monkeypatch.setattr(infer_chat, "stream_reply", reply)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{line}\n" for line in lines)))
+    return cli.main(["chat", "--model", str(model_dir), "--index", str(index), "--k", str(k),
+                     "--temperature", "0", "--max-new-tokens", "3"])
+
+
+def test_chat_retrieves_per_turn_and_shows_sources(tiny_model_dir, index, monkeypatch, capsys):
+    seen = []
+    rc = chat_with_index(tiny_model_dir, index, monkeypatch, [FRUIT, TRAIN], k=1,
+                         before=lambda loaded, messages: seen.append(messages))
     out = capsys.readouterr().out
     assert rc == 0
     shown = [line for line in out.splitlines() if line.startswith("sources: ")]
@@ -207,18 +216,9 @@ def test_chat_retrieves_per_turn_and_shows_sources(tiny_model_dir, index, monkey
 
 
 def test_chat_names_k_when_retrieved_chunks_overflow_the_context(tiny_model_dir, index, monkeypatch, capsys):
-    import tailor.infer.chat as infer_chat
-    from tailor import cli
-
-    real = infer_chat.stream_reply
-
-    def small_context(loaded, messages, params):
+    def small_context(loaded, messages):
         loaded.engine.max_len = 40  # a model with a short context: the chunks no longer fit
-        return real(loaded, messages, params)
 
-    monkeypatch.setattr(infer_chat, "stream_reply", small_context)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{FRUIT}\n"))
-    rc = cli.main(["chat", "--model", str(tiny_model_dir), "--index", str(index), "--k", "2",
-                   "--temperature", "0", "--max-new-tokens", "3"])
+    rc = chat_with_index(tiny_model_dir, index, monkeypatch, [FRUIT], k=2, before=small_context)
     err = capsys.readouterr().err
     assert rc == 1 and "context is 40" in err and "smaller --k (now 2)" in err and "Traceback" not in err
