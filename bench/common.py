@@ -89,3 +89,24 @@ def process_age() -> float:
         import psutil
 
         return time.time() - psutil.Process().create_time()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on, for a server the bench starts."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_server(server, timeout: float) -> None:
+    """SIGTERM (tailor serve finishes in-flight requests), then a kill after `timeout` seconds."""
+    import signal
+    import subprocess
+
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        server.kill()

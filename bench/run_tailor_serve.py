@@ -5,8 +5,6 @@ Prints one JSON line: {"clients": {"1": tok/s, ...} (mean), "rounds": [{"1": tok
 
 import argparse
 import json
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,11 +12,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from common import free_port, stop_server
 
 
 def main() -> None:
@@ -73,11 +67,7 @@ def main() -> None:
         mean = {k: sum(r[k] for r in rounds) / len(rounds) for k in rounds[0]}
         print(json.dumps({"tool": "tailor", "clients": mean, "rounds": rounds}))
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server, 30)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,15 +25,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common import free_port, stop_server
+
 PIRATE = Path(__file__).resolve().parent.parent / "examples" / "pirate.jsonl"
 QUESTIONS = ["How many legs does a goat have?", "What is the capital of France?", "Name a colour of the sky.",
              "What is 2 plus 3?", "Say hello in one word."]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(a, state: Path, port: int) -> subprocess.Popen:
@@ -134,11 +128,7 @@ def main() -> None:
                                    timeout=600)
             r = measure(a, client)
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server, 60)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     r.update(model=a.model, cores=cores, train_threads=a.train_threads or max(1, cores - 1),
              ttft_ratio=r["busy"]["ttft_s"] / r["idle"]["ttft_s"],
