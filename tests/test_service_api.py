@@ -21,13 +21,15 @@ def server(tmp_path_factory):
     from tailor.serve.app import create_app
     from tailor.serve.registry import Registry
     from tailor.service import Service
+    from tailor.service.policy import Policy
 
     root = tmp_path_factory.mktemp("service")
     mp = pytest.MonkeyPatch()
     mp.setenv("TAILOR_HOME", str(root / "home"))  # the jobs' dataset cache, inherited by their processes
     base = save_tiny(root / "base")
     reg = Registry.load([str(base)], ["tiny"], dtype="float32", max_batch=4, max_len=256)
-    service = Service(root / "state", max_upload_bytes=64 * 1024)
+    # the operator opens nproc to tenants (--allow-option nproc) for the torchrun job below
+    service = Service(root / "state", max_upload_bytes=64 * 1024, policy=Policy(allow_option=["nproc"]))
     app = create_app(reg, api_key=KEY, service=service)
     with serving(app, join_timeout=60) as url:
         yield {"url": url, "registry": reg, "service": service, "root": root}
@@ -117,7 +119,7 @@ def test_an_upload_over_the_limit_is_413(client):
     ({"suffix": "a:b"}, "suffix", None),
     ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", None),
     ({"extra_body": {"tailor": {"lora_r": 0}}}, "tailor", None),
-    ({"extra_body": {"tailor": {"no_such_knob": 1}}}, "tailor", None),
+    ({"extra_body": {"tailor": {"no_such_knob": 1}}}, "tailor.no_such_knob", "unknown_option"),
     ({"extra_body": {"tailor": {"data": "/etc/passwd"}}}, "tailor.data", None),
 ])
 def test_invalid_job_requests_are_400_with_param(client, train_file, kw, param, code):

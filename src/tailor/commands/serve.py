@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tailor import config
+from tailor.service.policy import Policy
 
 
 @dataclass
@@ -62,6 +63,20 @@ class ServeConfig:
     """Fine-tuning jobs trained at the same time; the others wait their turn, first come first served."""
     train_threads: int | None = None
     """CPU threads of each training job (default: every core but one, which stays the server's)."""
+    limits: str | None = None
+    """A YAML file of the tenant bounds below (max_job_steps: 5000 ...); flags given as well win over it."""
+    job_env: list[str] | None = None
+    """Pass this server environment variable to training jobs (repeat per NAME); by default they see no credentials."""
+    job_stop_timeout: float = 120.0
+    """Seconds a stopping server waits for each running job to save its checkpoint before killing it."""
+    max_uploads: int = 4
+    """File uploads streaming at once, server-wide; more is HTTP 429."""
+    max_project_share: float = 0.5
+    """The fraction of a model's running slots (--max-batch) one project may hold while another project waits."""
+    max_loaded_models: int = 2
+    """Published full fine-tunes (and checkpoints) kept loaded at once; others load on first use, the least recently used unloaded."""
+    max_loaded_adapters: int = 32
+    """Published LoRA adapters kept loaded at once on the served bases; others load on first use."""
     index: str | None = None
     """A document index (`tailor index`) for every model: each chat request's prompt gets the top chunks
     for its latest user turn. Fine-tunes served later use it too."""
@@ -79,11 +94,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--name", action="append", dest="names", default=None, metavar="ID",
                         help="Model id for the REF in the same position (repeat once per REF; default: `default`, "
                              "the hub id, or the folder's name).")
-    config.add_arguments(parser, ServeConfig, skip=("api_key", "rag"))
-    parser.add_argument("--api-key", action="append", dest="api_key", default=argparse.SUPPRESS, metavar="KEY",
-                        help=config.field_docs(ServeConfig)["api_key"])
-    parser.add_argument("--rag", action="append", dest="rag", default=argparse.SUPPRESS, metavar="MODEL=INDEX",
-                        help=config.field_docs(ServeConfig)["rag"])
+    config.add_arguments(parser, ServeConfig, skip=("api_key", "rag", "job_env"))
+    docs = {**config.field_docs(ServeConfig), **config.field_docs(Policy)}
+    for name, metavar in (("api_key", "KEY"), ("rag", "MODEL=INDEX"), ("job_env", "NAME")):
+        parser.add_argument(config.flag(name), action="append", dest=name, default=argparse.SUPPRESS,
+                            metavar=metavar, help=docs[name].replace("%", "%%"))
+    tenants = parser.add_argument_group("what tenants of the fine-tuning service may ask for (also --limits FILE)")
+    config.add_arguments(tenants, Policy, skip=("allow_option", "push_tokens"))
+    tenants.add_argument("--allow-option", action="append", dest="allow_option", default=argparse.SUPPRESS,
+                         metavar="KEY", help=docs["allow_option"].replace("%", "%%"))
 
 
 def run(args) -> int:
@@ -95,8 +114,11 @@ def run(args) -> int:
     from tailor.serve.app import Limits, create_app
     from tailor.serve.registry import Registry, model_ids
 
-    skip = ("command", "refs", "names")
+    from tailor.service.policy import policy_keys
+
+    skip = ("command", "refs", "names", *policy_keys())
     cfg = config.build(ServeConfig, {k: v for k, v in vars(args).items() if k not in skip})
+    bounds = config.build(Policy, _limits_file(cfg.limits), {k: v for k, v in vars(args).items() if k in policy_keys()})
     refs = args.refs or ["default"]
     hf_logging.disable_progress_bar()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
@@ -105,13 +127,17 @@ def run(args) -> int:
     # keys and the service first: a bad flag fails before the slow part, loading the models
     api_keys = keys.load(cfg.api_key, cfg.api_keys, os.environ.get("TAILOR_API_KEY"))
     per_model, every = open_retrievers(cfg, model_ids(refs, args.names))
+    policy = _policy(cfg, bounds, api_keys)
     service = Service(cfg.state, max_upload_bytes=cfg.max_upload_mb * 1024 * 1024, max_jobs=cfg.max_jobs,
-                      train_threads=cfg.train_threads)
+                      train_threads=cfg.train_threads, policy=policy, job_env=tuple(cfg.job_env or ()))
+    service.worker.stop_timeout = cfg.job_stop_timeout
     registry = Registry.load(refs, args.names, dtype=cfg.dtype, max_batch=cfg.max_batch, max_len=cfg.max_len,
-                             chat_template=cfg.chat_template, max_queue=cfg.max_queue, quantize=cfg.quantize)
+                             chat_template=cfg.chat_template, max_queue=cfg.max_queue, quantize=cfg.quantize,
+                             max_share=cfg.max_project_share, max_loaded=cfg.max_loaded_models,
+                             max_adapters=cfg.max_loaded_adapters)
     registry.use_retrievers(per_model, every)
     app = create_app(registry, api_key=api_keys, max_body=cfg.max_body_bytes, service=service,
-                     limits=Limits(max_n=cfg.max_n, max_prompts=cfg.max_prompts))
+                     limits=Limits(max_n=cfg.max_n, max_prompts=cfg.max_prompts), max_uploads=cfg.max_uploads)
     for m in registry.models.values():
         rag = f", index {m.retriever.name!r}: top {m.retriever.k} chunks" if m.retriever else ""
         print(f"serving {m.id!r} (context {m.max_len} tokens{rag})", file=sys.stderr)
@@ -124,6 +150,38 @@ def run(args) -> int:
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
                 timeout_graceful_shutdown=cfg.shutdown_timeout)
     return 0
+
+
+def _limits_file(path: str | None) -> dict:
+    """--limits FILE: the tenant bounds as YAML keys (the Policy fields); unknown keys are an error."""
+    if not path:
+        return {}
+    from tailor.errors import UsageError
+    from tailor.service.policy import policy_keys
+
+    values = {k.replace("-", "_"): v for k, v in config.read_yaml(path).items()}
+    unknown = sorted(set(values) - policy_keys())
+    if unknown:
+        raise UsageError(f"--limits {path}: unknown key(s) {', '.join(unknown)}; valid keys: "
+                         f"{', '.join(sorted(policy_keys()))}.")
+    return values
+
+
+def _policy(cfg: ServeConfig, bounds: Policy, api_keys) -> Policy:
+    """The tenant bounds (flags over --limits), with each project's own Hub token from the keys file."""
+    import dataclasses
+
+    from tailor.errors import UsageError
+
+    values = dataclasses.asdict(bounds)
+    problems = [f"--{k.replace('_', '-')} must be at least 1 (got {v})" for k, v in values.items()
+                if k.startswith("max_") and v is not None and v < 1]
+    if not 0 < cfg.max_project_share <= 1:
+        problems.append(f"--max-project-share must be above 0 and at most 1 (got {cfg.max_project_share})")
+    if problems:
+        raise UsageError("; ".join(problems) + ".")
+    values["push_tokens"] = api_keys.hub_tokens
+    return Policy(**values)
 
 
 def open_retrievers(cfg: ServeConfig, ids: list[str]) -> tuple[dict, object]:

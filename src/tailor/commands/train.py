@@ -25,8 +25,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from tailor import lifetime
     from tailor.train import TrainConfig, distributed, resume_config, train
 
+    lifetime.inherit()  # a service's job (and each of its torchrun ranks) dies with its parent
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config_file", "quiet")}
     file_values = config.read_yaml(args.config_file) if args.config_file else {}
     if flags.get("resume") or file_values.get("resume"):

@@ -51,6 +51,8 @@ _PROBE = "Tailor-probe-reply-7f3a"
 def _load_template(choice: str) -> tuple[str, list[str]]:
     if choice in NAMED_TEMPLATES:
         return NAMED_TEMPLATES[choice], TEMPLATE_TOKENS[choice]
+    if "{{" in choice or "{%" in choice:  # the Jinja text itself (how the service's tenants give one): never a path
+        return choice, []
     path = Path(choice).expanduser()
     if path.suffix != ".jinja" and not path.is_file():
         raise UsageError(f"--chat-template {choice!r}: use chatml, llama3, alpaca, or a path to a .jinja file.")
@@ -63,7 +65,7 @@ def _load_template(choice: str) -> tuple[str, list[str]]:
 def ensure_chat_template(tokenizer, choice: str | None = None) -> str | None:
     """Give `tokenizer` a chat template if it lacks one (or `choice` overrides it).
 
-    choice: None | "chatml" | "llama3" | "alpaca" | path to a .jinja file. Markers the template
+    choice: None | "chatml" | "llama3" | "alpaca" | Jinja text | path to a .jinja file. Markers the template
     needs that are not tokens yet are added as special tokens (then len(tokenizer) grows and the
     model's embeddings must be resized). Returns a warning to show the user, or None.
     """

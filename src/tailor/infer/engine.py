@@ -49,6 +49,7 @@ class Request:
     prompt: list[int]
     params: SamplingParams
     adapter: int = 0  # 0 is the base model; others were registered with the backend
+    project: str | None = None  # who asked: the engine shares its slots fairly between projects
     on_event: Callable[[Event], None] | None = None
     tokenizer: object = None  # for text and stop strings; the engine's when None
     id: int = field(default_factory=lambda: next(_ids))
@@ -66,14 +67,17 @@ class Request:
 
 
 class Engine:
-    def __init__(self, backend, tokenizer=None, max_batch: int = 16, max_queue: int | None = None):
+    def __init__(self, backend, tokenizer=None, max_batch: int = 16, max_queue: int | None = None,
+                 max_share: float = 1.0):
         """`backend` has prefill/decode (see infer.llama.LlamaForward); `tokenizer` (optional)
         gives events their text and enables stop strings. `max_queue` bounds the requests
-        waiting for a slot (None: unbounded); past it `submit` raises QueueFull."""
+        waiting for a slot (None: unbounded); past it `submit` raises QueueFull. `max_share`:
+        the fraction of the running slots one project may hold while another project waits."""
         self.backend = backend
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.max_share = max_share
         self.max_len = backend.max_len
         self._free = list(range(max_batch))
         self._incoming: queue.SimpleQueue[Request] = queue.SimpleQueue()
@@ -144,6 +148,10 @@ class Engine:
             self._thread = None
         self.step()
 
+    def holds(self, adapter: int) -> bool:
+        """Whether a queued or running request uses `adapter` (so it must stay loaded)."""
+        return any(r.adapter == adapter for r in self._all()) or not self._incoming.empty()
+
     @property
     def busy(self) -> int:
         return len(self._active) + len(self._waiting) + self._incoming.qsize()
@@ -191,13 +199,25 @@ class Engine:
 
     def _admit(self) -> None:
         while self._waiting and self._free:
-            req = self._waiting.popleft()
+            req = self._next_waiting()
+            self._waiting.remove(req)
             req.slot = heapq.heappop(self._free)
             self._active.append(req)
             try:
                 self._prefill(req)
             except Exception as exc:
                 self._fail(req, exc)
+
+    def _next_waiting(self) -> Request:
+        """First come first served, except that a project already holding its share of the
+        running slots lets another project's waiting request go first."""
+        if self.max_share >= 1:
+            return self._waiting[0]
+        cap = max(1, int(self.max_share * self.max_batch))
+        running: dict = {}
+        for r in self._active:
+            running[r.project] = running.get(r.project, 0) + 1
+        return next((r for r in self._waiting if running.get(r.project, 0) < cap), self._waiting[0])
 
     def _prefill(self, req: Request) -> None:
         p = req.params

@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from tailor.serve import chat, completions, dashboard, errors
 from tailor.serve.errors import APIError, model_not_found
-from tailor.serve.registry import Registry
+from tailor.serve.registry import Registry, Unavailable
 from tailor.serve.schemas import ChatRequest, CompletionRequest
-from tailor.serve.stream import off_loop
+from tailor.serve.stream import current_project, off_loop
 from tailor.service.keys import DEFAULT_PROJECT, Keyring, project
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -61,10 +61,14 @@ class Guard:
             return await _reply(send, 401, "Incorrect API key provided. Pass it as 'Authorization: Bearer KEY'.",
                                 "invalid_api_key")
         scope.setdefault("state", {})["project"] = owner
-        limit = self.upload_body if self.upload_body and scope["path"] == "/v1/files" else self.max_body
+        current_project.set(owner)  # seen by the engine's fair share (serve/stream.py)
+        upload = bool(self.upload_body) and scope["path"] == "/v1/files" and scope.get("method") == "POST"
+        limit = self.upload_body if upload else self.max_body
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             return await _reply(send, 413, f"The request body is larger than {limit} bytes.", "request_too_large")
+        if upload:  # streamed to disk by the route (serve/uploads.py), never held here
+            return await self.app(scope, _counting(receive, limit), send)
         body, more = b"", True
         while more:
             message = await receive()
@@ -92,6 +96,23 @@ class Guard:
         return self.keys.project(token)
 
 
+def _counting(receive, limit: int):
+    """`receive` that raises BodyTooLarge once more than `limit` body bytes have arrived."""
+    from tailor.serve.uploads import BodyTooLarge
+
+    seen = 0
+
+    async def wrapped():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(limit)
+        return message
+    return wrapped
+
+
 def _with_header(send, name: bytes, value: bytes):
     async def wrapped(message):
         if message["type"] == "http.response.start":
@@ -108,8 +129,9 @@ async def _reply(send, status: int, message: str, code: str) -> None:
 
 
 def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_body: int = MAX_BODY_BYTES,
-               service=None, limits: Limits | None = None) -> FastAPI:
-    """`api_key`: one key (project `default`), or a Keyring of several, one project each."""
+               service=None, limits: Limits | None = None, max_uploads: int = 4) -> FastAPI:
+    """`api_key`: one key (project `default`), or a Keyring of several, one project each;
+    `max_uploads`: file uploads streaming at once, server-wide."""
     limits = limits or Limits()
     keys = Keyring({api_key: DEFAULT_PROJECT}) if isinstance(api_key, str) else api_key or Keyring()
 
@@ -129,11 +151,17 @@ def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_
     if service is not None:  # the Files and Fine-tuning jobs routes (tailor.serve.finetune)
         from tailor.serve import finetune
 
-        finetune.install(app, service, registry)
+        finetune.install(app, service, registry, max_uploads=max_uploads)
     dashboard.install(app)  # the web page at / and its /v1/tailor extensions
 
-    def served(model_id: str, request: Request):
-        m = registry.get(model_id, project(request))  # another project's ft: model is as unknown as any
+    async def served(model_id: str, request: Request):
+        owner = project(request)  # another project's ft: model is as unknown as any
+        try:  # a published fine-tune loads on first use: seconds, so off the event loop
+            m = registry.get(model_id, owner) if registry.loaded(model_id) else await off_loop(
+                registry.get, model_id, owner)
+        except Unavailable as exc:
+            raise APIError(503, f"The model `{model_id}` cannot be loaded right now: {exc}.", type_="server_error",
+                           code="model_unavailable", headers={"Retry-After": "5"}) from None
         if m is None:
             raise model_not_found(model_id)
         return m
@@ -153,11 +181,14 @@ def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str, request: Request):
-        return served(model_id, request).card()
+        m = registry.visible(project(request)).get(model_id)  # a card needs no weights
+        if m is None:
+            raise model_not_found(model_id)
+        return m.card()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        model = served(body.model, request)
+        model = await served(body.model, request)
         limits.check(body.n)
         if body.stream:
             return StreamingResponse(await off_loop(chat.stream_setup, body, model), media_type="text/event-stream")
@@ -165,7 +196,7 @@ def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_
 
     @app.post("/v1/completions")
     async def legacy_completions(body: CompletionRequest, request: Request):
-        model = served(body.model, request)
+        model = await served(body.model, request)
         limits.check(body.n, completions.prompt_count(body))
         if body.stream:
             return StreamingResponse(await off_loop(completions.stream_setup, body, model),

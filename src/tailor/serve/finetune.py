@@ -23,15 +23,18 @@ from tailor.service import Service, ServiceError
 from tailor.service.keys import project
 
 router = APIRouter(prefix="/v1")
-_STATUS = {"invalid": 400, "not_found": 404, "too_large": 413}
+_STATUS = {"invalid": 400, "not_found": 404, "too_large": 413, "rate_limit": 429}
 
 
-def install(app: FastAPI, service: Service, registry) -> None:
+def install(app: FastAPI, service: Service, registry, *, max_uploads: int = 4) -> None:
     """Add the routes, map ServiceError to OpenAI's envelope, and run the service's worker for
     the app's lifetime (inside the app's own lifespan, so models are served first)."""
-    service.lookup = lambda model_id: registry.refs.get(model_id)
-    service.worker.publish = lambda ref, model_id, owner: registry.add(ref, model_id, owned_by=owner, project=owner)
+    # a job may start from a served model only if the requesting project may use it
+    service.lookup = lambda model_id, owner: registry.refs.get(model_id) if registry.knows(model_id, owner) else None
+    service.worker.publish = lambda ref, model_id, owner: registry.publish(ref, model_id, owned_by=owner,
+                                                                           project=owner)
     app.state.service = service
+    app.state.uploads_running, app.state.max_uploads = 0, max_uploads
     app.include_router(router)
     app.add_exception_handler(ServiceError, _service_error)
     inner = app.router.lifespan_context
@@ -49,8 +52,9 @@ def install(app: FastAPI, service: Service, registry) -> None:
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-    return JSONResponse(envelope(exc.message, "invalid_request_error", exc.param, exc.code),
-                        status_code=_STATUS.get(exc.kind, 400))
+    status = _STATUS.get(exc.kind, 400)
+    return JSONResponse(envelope(exc.message, "requests" if status == 429 else "invalid_request_error", exc.param,
+                                 exc.code), status_code=status, headers={"Retry-After": "10"} if status == 429 else None)
 
 
 def _svc(request: Request) -> Service:
@@ -62,24 +66,31 @@ def _svc(request: Request) -> Service:
 
 @router.post("/files")
 async def create_file(request: Request):
-    # The Guard has already read (and size-checked) the body; Starlette's parser (python-multipart)
-    # reads it from there, the file part spooled, the text fields capped at 1 MB each.
-    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        raise APIError(400, "Send the file as multipart/form-data with 'file' and 'purpose' fields.", param="file")
+    """The body streams to a temporary file in the store (serve/uploads.py); the data check and
+    the store run on a worker thread. At most --max-uploads at once, server-wide."""
+    from tailor.serve import uploads
+
+    state = request.app.state
+    if state.uploads_running >= state.max_uploads:
+        raise APIError(429, f"{state.max_uploads} uploads are already in progress on this server; retry shortly.",
+                       type_="requests", code="rate_limit_exceeded", headers={"Retry-After": "2"})
+    state.uploads_running += 1
+    svc = _svc(request)
+    sink, tmp = svc.store.temp_blob()
     try:
-        form = await request.form(max_files=1, max_fields=16, max_part_size=1 << 20)
-    except Exception as exc:  # a malformed body: the parser's own words say where
-        raise APIError(400, f"The multipart body could not be read: {exc}", param="file") from exc
-    upload, purpose = form.get("file"), form.get("purpose")
-    if upload is None or isinstance(upload, str):
-        raise APIError(400, "Missing required parameter: 'file' (send it as multipart/form-data).", param="file",
-                       code="missing_required_parameter")
-    if not isinstance(purpose, str) or not purpose:
-        raise APIError(400, "Missing required parameter: 'purpose'.", param="purpose",
-                       code="missing_required_parameter")
-    data = await upload.read()
-    return await run_in_threadpool(_svc(request).upload, upload.filename or "file", purpose, data,
-                                   project(request))  # checks the data
+        with sink:
+            form = uploads.FormStream(request.headers.get("content-type", ""), sink)
+            await uploads.stream_into(request, form, run_in_threadpool)
+        purpose = form.fields.get("purpose")
+        if not purpose:
+            raise APIError(400, "Missing required parameter: 'purpose'.", param="purpose",
+                           code="missing_required_parameter")
+        return await run_in_threadpool(svc.upload, form.filename, purpose, tmp, project(request))  # checks the data
+    except uploads.BodyTooLarge as exc:
+        raise APIError(413, str(exc), code="request_too_large") from None
+    finally:
+        state.uploads_running -= 1
+        tmp.unlink(missing_ok=True)  # kept files were moved to their id already
 
 
 @router.get("/files")

@@ -1,12 +1,21 @@
 """The models a server serves, by id. Each base model is loaded once, with one engine; LoRA
 adapters on that base are registered with its engine and chosen per request, so a batch can
-mix the base and several adapters."""
+mix the base and several adapters.
+
+Models the fine-tuning service publishes (fine-tunes and their checkpoints) are known at once
+but loaded on first use: a model that needs its own engine (a full fine-tune) joins a
+least-recently-used set of at most `max_loaded` such engines, and adapters a set of at most
+`max_adapters`, evicting only what no request is using. So a restart with many published
+models starts in seconds, and memory holds what is in use, not everything ever trained.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +54,27 @@ class ServedModel:
 
 
 @dataclass
+class Published:
+    """A model the service made: listed and found at once, loaded when first asked for."""
+
+    id: str
+    ref: str
+    owned_by: str = "tailor"
+    project: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def visible_to(self, project: str | None) -> bool:
+        return self.project is None or self.project == project
+
+    def card(self) -> dict:
+        return {"id": self.id, "object": "model", "created": self.created, "owned_by": self.owned_by}
+
+
+class Unavailable(Exception):
+    """A published model cannot be loaded now (every loaded slot is busy, or memory is short)."""
+
+
+@dataclass
 class _Base:
     engine: object
     model: object
@@ -52,10 +82,16 @@ class _Base:
 
 
 class Registry:
-    def __init__(self):
+    def __init__(self, *, max_loaded: int = 2, max_adapters: int = 32):
         self.models: dict[str, ServedModel] = {}
         self.engines: list = []
         self.refs: dict[str, str] = {}  # model id -> the reference it was loaded from
+        self.published: dict[str, Published] = {}
+        self.max_loaded, self.max_adapters = max_loaded, max_adapters
+        self._pinned: set[int] = set()  # id() of the engines of models given on the command line
+        self._engine_lru: OrderedDict[int, object] = OrderedDict()  # on-demand engines, oldest use first
+        self._adapter_lru: OrderedDict[str, None] = OrderedDict()  # published adapter ids on pinned engines
+        self._load_lock = threading.Lock()
         self._started = False
         self.retriever = None  # what models added while running (fine-tunes) retrieve from: --index
         # what add() needs to load more models into the same engines: bases, options, template
@@ -63,13 +99,34 @@ class Registry:
 
     def get(self, model_id: str, project: str | None = ...) -> ServedModel | None:
         """The model, or None when there is none by that id that `project` may see (no project
-        given: any model; requests always give theirs)."""
+        given: any model; requests always give theirs). A published model not loaded yet is
+        loaded now, which takes seconds: from a request, call this off the event loop unless
+        `loaded(model_id)`. Raises Unavailable when it cannot be loaded now."""
         m = self.models.get(model_id)
-        return m if m is not None and (project is ... or m.visible_to(project)) else None
+        if m is None:
+            entry = self.published.get(model_id)
+            if entry is None or not (project is ... or entry.visible_to(project)):
+                return None
+            m = self._load_published(entry)
+        if not (project is ... or m.visible_to(project)):
+            return None
+        self._touch(m)
+        return m
 
-    def visible(self, project: str | None) -> dict[str, ServedModel]:
-        """The models `project` may see: those served to all, and its own fine-tunes."""
-        return {k: m for k, m in self.models.items() if m.visible_to(project)}
+    def loaded(self, model_id: str) -> bool:
+        return model_id in self.models or model_id not in self.published
+
+    def knows(self, model_id: str, project: str | None) -> bool:
+        """Whether `project` may use `model_id`, without loading anything."""
+        m = self.models.get(model_id) or self.published.get(model_id)
+        return m is not None and m.visible_to(project)
+
+    def visible(self, project: str | None) -> dict:
+        """The models `project` may see (each has .card()): those served to all, and its own
+        fine-tunes, loaded or not."""
+        out = {k: m for k, m in self.published.items() if m.visible_to(project)}
+        out.update({k: m for k, m in self.models.items() if m.visible_to(project)})
+        return out
 
     def use_retrievers(self, per_model: dict, default=None) -> None:
         """Retrieval for each model id (`per_model`: id -> Retriever, from --rag), else `default`
@@ -95,19 +152,88 @@ class Registry:
     def load(cls, refs: list[str], names: list[str] | None = None, *, dtype: str = "auto",
              device: str | None = None, max_batch: int = 16, max_len: int | None = None,
              chat_template: str | None = None, max_queue: int | None = None,
-             quantize: str | None = None) -> Registry:
+             quantize: str | None = None, max_share: float = 1.0, max_loaded: int = 2,
+             max_adapters: int = 32) -> Registry:
         """Load every reference; adapters share their base's weights and engine. `max_queue`
-        bounds each engine's waiting requests (None: unbounded)."""
+        bounds each engine's waiting requests (None: unbounded); `max_share` is the fraction of
+        an engine's running slots one project may hold while another waits; `max_loaded` and
+        `max_adapters` bound the published models loaded at once (see `publish`)."""
         ids = model_ids(refs, names)
-        reg = cls()
+        reg = cls(max_loaded=max_loaded, max_adapters=max_adapters)
         bases: dict[Path, _Base] = {}
         opts = dict(dtype=dtype, device=device, max_batch=max_batch, max_len=max_len, max_queue=max_queue,
-                    quantize=quantize)
+                    quantize=quantize, max_share=max_share)
         reg._later = (bases, opts, chat_template)
         for ref, model_id in zip(refs, ids):
             reg.models[model_id] = reg._load_one(ref, model_id, bases, opts, chat_template)
             reg.refs[model_id] = ref
+        reg._pinned = {id(e) for e in reg.engines}
         return reg
+
+    def publish(self, ref: str, model_id: str, *, owned_by: str = "tailor", project: str | None = None) -> Published:
+        """Serve a trained model from now on, to `project` only when one is given; it loads on
+        first use (`get`)."""
+        entry = Published(model_id, ref, owned_by, project)
+        self.published = {**self.published, model_id: entry}
+        self.refs = {**self.refs, model_id: ref}
+        return entry
+
+    # ---- published models: loaded on first use, least recently used evicted ------------------
+
+    def _load_published(self, entry: Published) -> ServedModel:
+        with self._load_lock:
+            if entry.id in self.models:  # another request loaded it meanwhile
+                return self.models[entry.id]
+            self._make_room(entry.ref)
+            m = self.add(entry.ref, entry.id, owned_by=entry.owned_by, project=entry.project)
+            m.created = entry.created
+            if id(m.engine) in self._pinned:
+                if m.adapter:
+                    self._adapter_lru[m.id] = None
+                    self._evict_adapters()
+            else:
+                self._engine_lru[id(m.engine)] = m.engine
+            log.info("loaded %s on first use", entry.id)
+            return m
+
+    def _touch(self, m: ServedModel) -> None:
+        if id(m.engine) in self._engine_lru:
+            self._engine_lru.move_to_end(id(m.engine))
+        if m.id in self._adapter_lru:
+            self._adapter_lru.move_to_end(m.id)
+
+    def _make_room(self, ref: str) -> None:
+        """Evict idle on-demand engines until one more fits the count and the memory."""
+        need = _weights_bytes(ref)
+        while self._engine_lru and (len(self._engine_lru) >= self.max_loaded or need > _available_bytes()):
+            idle = next((e for e in self._engine_lru.values() if e.busy == 0), None)
+            if idle is None:
+                raise Unavailable(f"all {len(self._engine_lru)} loaded fine-tunes are answering requests; retry shortly")
+            self._evict_engine(idle)
+        if need > _available_bytes():
+            raise Unavailable("the server has not enough free memory to load this model now; retry later")
+
+    def _evict_engine(self, engine) -> None:
+        self._engine_lru.pop(id(engine), None)
+        gone = [k for k, m in self.models.items() if m.engine is engine]
+        self.models = {k: m for k, m in self.models.items() if m.engine is not engine}
+        bases = self._later[0]
+        for key in [k for k, b in bases.items() if b.engine is engine]:
+            del bases[key]
+        self.engines = [e for e in self.engines if e is not engine]
+        engine.stop()
+        log.info("unloaded %s (least recently used)", ", ".join(gone))
+
+    def _evict_adapters(self) -> None:
+        while len(self._adapter_lru) > self.max_adapters:
+            victim = next((k for k in self._adapter_lru if not self.models[k].engine.holds(self.models[k].adapter)),
+                          None)
+            if victim is None:
+                return  # every one is in use: the set shrinks as they finish
+            m = self.models[victim]
+            del self._adapter_lru[victim]
+            self.models = {k: v for k, v in self.models.items() if k != victim}
+            m.engine.backend.remove_lora(m.adapter)
 
     def add(self, ref: str, model_id: str, *, owned_by: str = "tailor", project: str | None = None) -> ServedModel:
         """Serve one more model while running (a fine-tune that just finished), to `project`
@@ -171,9 +297,34 @@ class Registry:
 
         backend = loading.make_backend(model, loading.context_length(model.config, opts["max_len"]),
                                        opts.get("quantize"))
-        engine = Engine(backend, tokenizer, opts["max_batch"], opts.get("max_queue"))
+        engine = Engine(backend, tokenizer, opts["max_batch"], opts.get("max_queue"), opts.get("max_share", 1.0))
         self.engines.append(engine)
         return engine
+
+
+def _weights_bytes(ref: str) -> int:
+    """What loading `ref` may take: its weight files on disk (an adapter's base is counted only
+    if it is not loaded; an upper bound when the server loads bf16 from fp32 files)."""
+    path = Path(ref)
+    if not path.is_dir():
+        return 0
+    if (path / "adapter_config.json").is_file():
+        return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    return sum(f.stat().st_size for f in path.glob("*.safetensors")) + sum(f.stat().st_size
+                                                                          for f in path.glob("*.bin"))
+
+
+def _available_bytes() -> int:
+    """MemAvailable from /proc/meminfo (the kernel's estimate of what can be used without
+    swapping); unbounded where there is no /proc."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
 
 
 def model_ids(refs: list[str], names: list[str] | None = None) -> list[str]:

@@ -18,6 +18,9 @@ from tailor.serve.errors import APIError, envelope, server_failure
 RETRY_AFTER_S = 1  # what a 429 tells the client to wait: a slot frees every few decode steps
 DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
 _loop: ContextVar[asyncio.AbstractEventLoop] = ContextVar("tailor_serve_loop")
+# The project of the request being handled (set by the API-key Guard): the engine shares its
+# slots between projects by it.
+current_project: ContextVar[str | None] = ContextVar("tailor_project", default=None)
 
 
 async def off_loop(fn, *args):
@@ -48,8 +51,8 @@ class Jobs:
         for i, (prompt, params) in enumerate(jobs):
             def deliver(event, i=i):
                 loop.call_soon_threadsafe(self.queue.put_nowait, (i, event))
-            self.requests.append(Request(prompt, params, served.adapter, on_event=deliver,
-                                         tokenizer=served.tokenizer))
+            self.requests.append(Request(prompt, params, served.adapter, project=current_project.get(),
+                                         on_event=deliver, tokenizer=served.tokenizer))
         self.pending = len(self.requests)
         try:
             for req in self.requests:

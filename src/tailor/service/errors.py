@@ -22,3 +22,12 @@ def not_found(what: str, id_: str, param: str | None = None) -> ServiceError:
 
 def too_large(message: str) -> ServiceError:
     return ServiceError(message, kind="too_large", param="file", code="file_too_large")
+
+
+def quota_exceeded(message: str) -> ServiceError:
+    return ServiceError(message, kind="invalid", param=None, code="quota_exceeded")
+
+
+def rate_limited(message: str, param: str | None = None) -> ServiceError:
+    """Too much at once for this project (HTTP 429); it may try again once work finishes."""
+    return ServiceError(message, kind="rate_limit", param=param, code="rate_limit_exceeded")

@@ -7,9 +7,10 @@ a chat template refusing a conversation) show when the job renders the data."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from tailor.service.errors import invalid, not_found, too_large
+from tailor.service.errors import invalid, not_found, quota_exceeded, too_large
 from tailor.service.store import Store, new_id
 
 PURPOSES = ("fine-tune", "fine-tune-results", "assistants", "batch", "user_data", "vision")
@@ -22,24 +23,57 @@ def public(body: dict) -> dict:
     return {k: v for k, v in body.items() if not k.startswith("_")}
 
 
-def upload(store: Store, project: str, filename: str, purpose: str, data: bytes, *, max_bytes: int) -> dict:
-    if purpose not in PURPOSES:
-        raise invalid(f"Invalid purpose '{purpose}'; use one of: {', '.join(PURPOSES)}.", "purpose")
-    if len(data) > max_bytes:
-        raise too_large(f"The file is {len(data)} bytes; this server accepts at most {max_bytes} "
-                        "(raise it with tailor serve --max-upload-mb).")
-    if purpose == "fine-tune" and not filename.lower().endswith(".jsonl"):
-        raise invalid(f"Invalid file format for fine-tuning: '{filename}'. Upload a .jsonl file.", "file")
-    return store_bytes(store, project, filename, purpose, data)
+def upload(store: Store, project: str, filename: str, purpose: str, tmp: Path, *, max_bytes: int,
+           quota: Quota | None = None) -> dict:
+    """Keep a streamed upload (`tmp`, a temporary file in the blob folder, already size-checked
+    while it streamed) as a new file of `project`; the temporary file is gone either way."""
+    try:
+        if purpose not in PURPOSES:
+            raise invalid(f"Invalid purpose '{purpose}'; use one of: {', '.join(PURPOSES)}.", "purpose")
+        size = tmp.stat().st_size
+        if size > max_bytes:
+            raise too_large(f"The file is {size} bytes; this server accepts at most {max_bytes} "
+                            "(raise it with tailor serve --max-upload-mb).")
+        if purpose == "fine-tune" and not filename.lower().endswith(".jsonl"):
+            raise invalid(f"Invalid file format for fine-tuning: '{filename}'. Upload a .jsonl file.", "file")
+        body = _body(new_id("file-"), filename, purpose, size)
+        if purpose == "fine-tune":
+            body.update(check(tmp.read_bytes(), body["filename"]))
+        with store.transaction():  # the quota check and the insert as one: two uploads cannot both squeeze in
+            (quota or Quota()).check(store, project, size)
+            store.adopt_blob(body["id"], tmp)
+            return store.put("files", body, project=project)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class Quota:
+    """A project's storage: how many files and how many bytes (0: no limit)."""
+
+    max_files: int = 0
+    max_bytes: int = 0
+
+    def check(self, store: Store, project: str, adding: int) -> None:
+        if self.max_files and store.count("files", project=project) >= self.max_files:
+            raise quota_exceeded(f"This project already stores {self.max_files} files, the most this server allows; "
+                                 "delete some (DELETE /v1/files/{id}) first.")
+        used = store.total_bytes("files", project=project)
+        if self.max_bytes and used + adding > self.max_bytes:
+            raise quota_exceeded(f"This file would bring the project's storage to {used + adding} bytes; this server "
+                                 f"allows {self.max_bytes}. Delete files you no longer need first.")
+
+
+def _body(fid: str, filename: str, purpose: str, size: int) -> dict:
+    return {"id": fid, "object": "file", "bytes": size, "created_at": int(time.time()),
+            "filename": Path(filename).name, "purpose": purpose, "status": "processed",
+            "status_details": None, "expires_at": None}
 
 
 def store_bytes(store: Store, project: str, filename: str, purpose: str, data: bytes) -> dict:
-    """Keep `data` as a new file; a `fine-tune` file is checked now, so its status is final."""
-    fid = new_id("file-")
-    store.write_blob(fid, data)
-    body = {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
-            "filename": Path(filename).name, "purpose": purpose, "status": "processed",
-            "status_details": None, "expires_at": None}
+    """Keep `data` as a new file (the service's own results); a `fine-tune` file is checked now."""
+    body = _body(new_id("file-"), filename, purpose, len(data))
+    store.write_blob(body["id"], data)
     if purpose == "fine-tune":
         body.update(check(data, body["filename"]))
     return store.put("files", body, project=project)

@@ -7,13 +7,15 @@ from __future__ import annotations
 import random
 import re
 import time
+from pathlib import Path
 from typing import Callable
 
-from tailor.service import files
-from tailor.service.errors import ServiceError, invalid, not_found
+from tailor.service import files, policy as tenancy
+from tailor.service.errors import ServiceError, invalid, not_found, rate_limited
 from tailor.service.store import Store, new_id
 
 FINAL = ("succeeded", "failed", "cancelled")
+ACTIVE = ("validating_files", "queued", "running", "paused")  # what counts against a project's job quota
 KEEP_CHECKPOINTS = 3  # OpenAI keeps the last three; tailor.keep_checkpoints may change it
 AUTO_BATCH_SIZE = 8  # tailor's own default micro-batch; OpenAI publishes no rule for "auto"
 # TrainConfig fields a job sets itself; the `tailor` object may set any other.
@@ -30,8 +32,11 @@ def public(body: dict) -> dict:
     return {k: v for k, v in body.items() if not k.startswith("_")}
 
 
-def create(store: Store, project: str, req: dict, resolve_model: ModelResolver) -> dict:
-    """Check `req` (a job-create body), then store the job as `queued` with its events."""
+def create(store: Store, project: str, req: dict, resolve_model: ModelResolver,
+           policy: tenancy.Policy | None = None) -> dict:
+    """Check `req` (a job-create body) against the operator's `policy`, then store the job as
+    `queued` with its events."""
+    policy = policy or tenancy.Policy()
     model = req.get("model")
     if not isinstance(model, str) or not model:
         raise invalid("Missing required parameter: 'model'.", "model", "missing_required_parameter")
@@ -45,7 +50,7 @@ def create(store: Store, project: str, req: dict, resolve_model: ModelResolver) 
                 "batch_size": AUTO_BATCH_SIZE if hyper["batch_size"] == "auto" else hyper["batch_size"],
                 "learning_rate_multiplier": 1.0 if hyper["learning_rate_multiplier"] == "auto"
                 else hyper["learning_rate_multiplier"]}
-    train_cfg = _train_config(ref, req.get("tailor"), resolved, seed)
+    train_cfg = _train_config(ref, req.get("tailor"), resolved, seed, policy, project)
     jid = new_id("ftjob-")
     now = int(time.time())
     job = {"id": jid, "object": "fine_tuning.job", "created_at": now, "error": None, "fine_tuned_model": None,
@@ -56,7 +61,10 @@ def create(store: Store, project: str, req: dict, resolve_model: ModelResolver) 
            "method": {"type": "supervised", "supervised": {"hyperparameters": resolved}},
            "_train": train_cfg, "_model_name": f"ft:{base_name}:{project}:{suffix or ''}:{jid[6:14]}",
            "_project": project}
-    with store.transaction():
+    with store.transaction():  # the quota check and the insert as one
+        if store.count("jobs", project=project, statuses=ACTIVE) >= policy.max_project_jobs:
+            raise rate_limited(f"This project already has {policy.max_project_jobs} jobs queued, running or paused, "
+                               "the most this server allows; wait for one to finish or cancel one.")
         store.put("jobs", job, project=project)
         event(store, job, f"Validating training file: {train_file['id']}"
               + (f" and validation file: {val_file['id']}" if val_file else ""))
@@ -152,8 +160,9 @@ def _metadata(value) -> dict:
     return dict(value)
 
 
-def _train_config(ref: str, knobs, resolved: dict, seed: int) -> dict:
-    """The TrainConfig (as a dict) this job runs: the `tailor` object's knobs, then the job's own."""
+def _train_config(ref: str, knobs, resolved: dict, seed: int, policy: tenancy.Policy, project: str) -> dict:
+    """The TrainConfig (as a dict) this job runs: the `tailor` object's knobs (a tenant's, so
+    within the operator's allowlist and bounds), then the job's own."""
     from tailor import config
     from tailor.errors import TailorError
     from tailor.train.config import METHOD_DEFAULTS, TrainConfig, resolve
@@ -166,16 +175,44 @@ def _train_config(ref: str, knobs, resolved: dict, seed: int) -> dict:
             where = _RESERVED[key.replace("-", "_")]
             raise invalid(f"tailor.{key} is set by the job itself" + (f"; use '{where}'." if where else "."),
                           f"tailor.{key}")
+    tenancy.check_options(knobs, policy, project)
     try:
         cfg = config.build(TrainConfig, knobs)
+    except TailorError as exc:
+        raise invalid(str(exc), "tailor") from exc
+    given_length = any(k.replace("-", "_") == "max_length" for k in knobs)
+    tenancy.check_bounds(cfg, knobs, policy, _context(ref) if given_length else None)
+    try:
         lr = METHOD_DEFAULTS[cfg.method]["lr"] * resolved["learning_rate_multiplier"]
         own = {"model": ref, "epochs": resolved["n_epochs"], "seed": seed, "batch_size": resolved["batch_size"],
                "lr": lr, "data": "-"}  # data: the worker gives the job's own copy of the file
-        cfg = config.build(TrainConfig, {"keep_checkpoints": KEEP_CHECKPOINTS}, knobs, own)
+        cfg = config.build(TrainConfig, {"keep_checkpoints": min(KEEP_CHECKPOINTS, policy.max_keep_checkpoints)},
+                           knobs, own)
         resolve(cfg)
     except TailorError as exc:
         raise invalid(str(exc), "tailor") from exc
     return config.to_dict(cfg)
+
+
+def _context(ref: str) -> int | None:
+    """The model's context length from its config.json (None when it does not say)."""
+    import json
+
+    from tailor import models
+
+    try:
+        src = models.resolve(ref)
+        if src.kind == "hub":  # the cached config only: a request never starts a download
+            from huggingface_hub import try_to_load_from_cache
+
+            path = Path(str(try_to_load_from_cache(ref, "config.json")))
+        else:
+            path = models.local_folder(models.adapter_base(src.path) if src.kind == "adapter" else ref) / "config.json"
+        cfg = json.loads(path.read_text())
+    except Exception:  # noqa: BLE001 - a hub model not downloaded yet: the run checks its lengths itself
+        return None
+    cfg = cfg.get("text_config", cfg)
+    return cfg.get("max_position_embeddings") or cfg.get("n_positions")
 
 
 # ---- reading and changing jobs ---------------------------------------------------------------

@@ -113,6 +113,31 @@ class Store:
             self._db.execute(f"UPDATE {kind} SET body = ? WHERE id = ?", (json.dumps(body), id_))
         return body
 
+    def transition(self, kind: str, id_: str, from_: tuple[str, ...], **fields) -> dict | None:
+        """Compare-and-set: merge `fields` only if the row's status is one of `from_`, in one
+        transaction; None when it is not (a cancel or pause got there first)."""
+        with self.transaction():
+            body = self.get(kind, id_)
+            if body is None or body.get("status") not in from_:
+                return None
+            body.update(fields)
+            self._db.execute(f"UPDATE {kind} SET body = ? WHERE id = ?", (json.dumps(body), id_))
+        return body
+
+    def count(self, kind: str, *, project: str, statuses: tuple[str, ...] | None = None) -> int:
+        sql, args = f"SELECT COUNT(*) FROM {kind} WHERE project = ?", [project]
+        if statuses:
+            sql += f" AND json_extract(body, '$.status') IN ({', '.join('?' * len(statuses))})"
+            args += list(statuses)
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()[0]
+
+    def total_bytes(self, kind: str, *, project: str) -> int:
+        with self._lock:
+            row = self._db.execute(f"SELECT COALESCE(SUM(json_extract(body, '$.bytes')), 0) FROM {kind} "
+                                   "WHERE project = ?", (project,)).fetchone()
+        return int(row[0])
+
     def delete(self, kind: str, id_: str, *, project: str | None = None) -> bool:
         sql, args = f"DELETE FROM {kind} WHERE id = ?", [id_]
         if project is not None:
@@ -157,11 +182,21 @@ class Store:
     def write_blob(self, id_: str, data: bytes) -> Path:
         """Store bytes under an id this module made (write to a temporary name, then rename,
         so a crash never leaves half a blob under a real id)."""
-        assert id_.replace("-", "").isalnum(), id_
         fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=self.blobs)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
+        return self.adopt_blob(id_, Path(tmp))
+
+    def temp_blob(self):
+        """An open, unnamed-to-clients file in the blob folder for a streamed upload; give its
+        path to `adopt_blob` once complete (or unlink it)."""
+        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=self.blobs)
+        return os.fdopen(fd, "wb"), Path(tmp)
+
+    def adopt_blob(self, id_: str, tmp: Path) -> Path:
+        """Make a finished temporary file the blob of `id_` (fsync, then an atomic rename)."""
+        assert id_.replace("-", "").isalnum(), id_
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         target = self.blobs / id_
         os.replace(tmp, target)

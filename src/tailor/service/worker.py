@@ -1,11 +1,16 @@
-"""The worker: runs queued jobs, FIFO, at most `max_jobs` at a time, each in its own process
-running `tailor train` (the one training loop, through the same launcher as the CLI).
+"""The worker: runs queued jobs, at most `max_jobs` at a time, each in its own process group
+running `tailor train` (the one training loop, through the same launcher as the CLI). Projects
+take turns: the next job comes from the project with the fewest running jobs (then the one that
+waited longest since its last start), first come first served within a project, so one
+project's queue never starves another's first job.
 
 The server process stays the only writer of the store: it watches each run's folder
 (metrics.jsonl, eval.jsonl, checkpoint-*/) and turns what appears into events and checkpoint
-rows. Cancel sends SIGTERM, so the run stops at a step boundary; a job asked to cancel ends
-`cancelled` however its process exits. A process that dies on its own ends the job `failed`
-with the last lines it printed."""
+rows, reading each file from where its last read stopped. Every status change is a
+compare-and-set, so a cancel or pause that races a start wins. Cancel sends SIGTERM, so the run
+stops at a step boundary; a job asked to cancel ends `cancelled` however its process exits. A
+process that dies on its own, or a job past the operator's step or time bound, ends `failed`
+with a reason that never shows a server path."""
 
 from __future__ import annotations
 
@@ -14,17 +19,18 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tailor.service import jobs
+from tailor.service import jobs, procs
+from tailor.service.policy import Policy
 from tailor.service.store import Store, new_id
 
 log = logging.getLogger(__name__)
@@ -34,9 +40,39 @@ CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean
 Publisher = Callable[[str, str, str], None]
 
 
+class _Tail:
+    """The new complete lines of a growing JSONL file since the last read: the offset is kept,
+    a line still being written waits for the next read, and a file that was replaced (a resumed
+    run rewrites it) is read again from its start."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.inode = path, 0, None
+
+    def read(self) -> list[dict]:
+        try:
+            with self.path.open("rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino != self.inode or st.st_size < self.offset:
+                    self.inode, self.offset = st.st_ino, 0
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        out = []
+        for line in chunk[:end].splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a torn line (a crash mid-write); the steps after it still count
+        return out
+
+
 @dataclass
 class _Run:
     job_id: str
+    project: str
     proc: subprocess.Popen
     folder: Path
     last_step: int = 0
@@ -44,21 +80,18 @@ class _Run:
     last_eval: int = 0
     seen: set = field(default_factory=set)
     started: float = field(default_factory=time.time)
+    ran_before: float = 0.0  # seconds this job trained in earlier processes (pauses, restarts)
+    limit: tuple[str, str] | None = None  # (code, message) once the job passed an operator bound
+
+    def __post_init__(self):
+        self.metrics, self.evals = _Tail(self.out / "metrics.jsonl"), _Tail(self.out / "eval.jsonl")
 
     @property
     def out(self) -> Path:
         return self.folder / "out"
 
-
-def _die_with_parent() -> None:
-    """In the child: ask Linux to kill it when the server dies, so a restarted server never finds
-    an orphan still writing the run it is about to resume."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    def seconds(self) -> float:
+        return self.ran_before + time.time() - self.started
 
 
 def default_train_threads(cores: int | None = None) -> int:
@@ -71,10 +104,15 @@ def default_train_threads(cores: int | None = None) -> int:
 
 class Worker:
     def __init__(self, store: Store, *, max_jobs: int = 1, publish: Publisher | None = None, poll: float = 0.25,
-                 train_threads: int | None = None):
+                 train_threads: int | None = None, policy: Policy | None = None, job_env: tuple[str, ...] = (),
+                 stop_timeout: float = 120.0):
         self.store, self.max_jobs, self.publish, self.poll = store, max_jobs, publish, poll
         self.train_threads = train_threads or default_train_threads()
+        self.policy = policy or Policy()
+        self.job_env = tuple(job_env)
+        self.stop_timeout = stop_timeout  # how long a stopping server waits for each job's checkpoint
         self.runs: dict[str, _Run] = {}
+        self._last_start: dict[str, float] = {}  # project -> when its last job started (round-robin)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -83,12 +121,12 @@ class Worker:
             self._thread = threading.Thread(target=self._loop, name="tailor-worker", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Stop watching; running jobs are interrupted (they checkpoint) and stay `running`, so
         the next start on the same state resumes them."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join((timeout or self.stop_timeout) + 5)
             self._thread = None
 
     def _loop(self) -> None:
@@ -105,55 +143,96 @@ class Worker:
                 log.exception("worker tick failed")
             self._stop.wait(self.poll)
         for run in self.runs.values():
-            run.proc.send_signal(signal.SIGTERM)
+            run.proc.send_signal(signal.SIGTERM)  # each stops after its step, with a checkpoint
+        deadline = time.time() + self.stop_timeout
         for run in self.runs.values():
             try:
-                run.proc.wait(30)
+                run.proc.wait(max(0.0, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                run.proc.kill()
+                log.warning("job %s did not stop within %.0f s; killing it", run.job_id, self.stop_timeout)
+            procs.kill_group(run.proc.pid)  # whatever is left of its group (torchrun ranks)
 
     def recover(self) -> None:
-        """At start: a job left `running` by a server that died has no process now. It starts
-        again, from its newest checkpoint when it saved one (exact resume)."""
+        """At start: a job left `running` by a server that died has no process now (any that
+        survived, such as torchrun ranks on a system without PDEATHSIG, are killed first). It
+        starts again, from its newest checkpoint when it saved one (exact resume)."""
         from tailor.train import checkpoint
 
         for job in self.store.all("jobs", where={"status": "running"}):
+            folder = self.store.root / "jobs" / job["id"]
+            if procs.kill_leftovers(folder):
+                log.warning("killed processes a previous server left running for %s", job["id"])
             if job.get("_cancel") or job.get("_pause"):
                 self._stopped(job, "cancelled" if job.get("_cancel") else "paused")
                 continue
-            ckpt = checkpoint.latest(self.store.root / "jobs" / job["id"] / "out")
+            ckpt = checkpoint.latest(folder / "out")
             said = (f"The server restarted; resuming the job from its newest checkpoint ({ckpt.name})" if ckpt
                     else "The server restarted; starting the job again")
             jobs.event(self.store, job, said, level="warn")
-            self._launch_or_fail(job, quiet_event=True)
+            self._launch_or_fail(job, recovering=True)
 
     def tick(self) -> None:
         for run in list(self.runs.values()):
-            self._watch(run)
+            try:
+                self._watch(run)
+            except Exception as exc:  # this run's trouble is its own: end it, go on with the rest
+                log.exception("watching %s failed", run.job_id)
+                self._abandon(run, exc)
         while len(self.runs) < self.max_jobs:
-            queued = self.store.page("jobs", where={"status": "queued"}, limit=1, newest_first=False)[0]
-            if not queued:
+            job = self.next_job()
+            if job is None:
                 break
-            self._launch_or_fail(queued[0])
+            self._launch_or_fail(job)
 
-    def _launch_or_fail(self, job: dict, *, quiet_event: bool = False) -> None:
+    def next_job(self) -> dict | None:
+        """The queued job to start next: from the project with the fewest running jobs, then
+        the one whose last start is oldest; oldest first within the project."""
+        queued = self.store.all("jobs", where={"status": "queued"})
+        if not queued:
+            return None
+        running: dict[str, int] = {}
+        for run in self.runs.values():
+            running[run.project] = running.get(run.project, 0) + 1
+        first: dict[str, dict] = {}
+        for job in queued:  # oldest first, so the first seen is the project's next
+            first.setdefault(job["_project"], job)
+        project = min(first, key=lambda p: (running.get(p, 0), self._last_start.get(p, 0.0), first[p]["created_at"]))
+        return first[project]
+
+    def _launch_or_fail(self, job: dict, *, recovering: bool = False) -> None:
         try:
-            self._launch(job, quiet_event=quiet_event)
+            self._launch(job, recovering=recovering)
         except Exception as exc:  # fail this job, never block the queue behind it
             log.exception("could not start %s", job["id"])
             code = "invalid_training_file" if isinstance(exc, FileNotFoundError) else "server_error"
-            self._fail(job, f"The job could not start: {exc}", code)
+            self._fail(job, f"The job could not start: {_words(exc)}", code)
 
     # ---- one run -------------------------------------------------------------------------
 
-    def _launch(self, job: dict, *, quiet_event: bool = False) -> None:
-        """Start the job's process: from its newest checkpoint if it has one (after a pause or a
-        crash), else from its config."""
+    def _launch(self, job: dict, *, recovering: bool = False) -> None:
+        """Claim a queued job (compare-and-set: a cancel or pause that got there first wins),
+        prepare its folder, and start its process: from its newest checkpoint if it has one
+        (after a pause or a crash), else from its config."""
+        if not recovering:
+            job = self.store.transition("jobs", job["id"], ("queued",), status="running", _pid=None, _signalled=False)
+            if job is None:
+                return
+            jobs.event(self.store, job, "Fine-tuning job started")
+        self._last_start[job["_project"]] = time.time()
+        folder = self.store.root / "jobs" / job["id"]
+        args = self.prepare(job, folder)
+        job = self.store.get("jobs", job["id"])
+        if job.get("_cancel") or job.get("_pause"):  # asked while the folder was prepared: no process at all
+            return self._stopped(job, "cancelled" if job.get("_cancel") else "paused")
+        self._start(job, folder, args)
+
+    def prepare(self, job: dict, folder: Path) -> list[str]:
+        """The job's folder and the arguments of its `tailor train`: resume from the newest
+        checkpoint, or a config naming the job's own copies of its files."""
         from tailor.train import checkpoint
 
-        folder = self.store.root / "jobs" / job["id"]
         if checkpoint.latest(folder / "out") is not None:
-            return self._start(job, folder, ["--resume", str(folder / "out")], quiet_event=quiet_event)
+            return ["--resume", str(folder / "out")]
         folder.mkdir(parents=True, exist_ok=True)
         cfg = dict(job["_train"])
         # The job trains on its own copy: deleting the upload cannot break a running job.
@@ -165,27 +244,21 @@ class Worker:
         import yaml
 
         (folder / "job.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        self._start(job, folder, [str(folder / "job.yaml")], quiet_event=quiet_event)
+        return [str(folder / "job.yaml")]
 
-    def child_env(self) -> dict[str, str]:
-        """A training process's environment: the server's, with its thread pools bounded (torch
-        sizes its intra-op pool from OMP_NUM_THREADS), so it never takes the server's core."""
-        n = str(self.train_threads)
-        return {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
+    def child_env(self, project: str | None = None) -> dict[str, str]:
+        """A training process's environment: the safe allowlist (service/procs.py) plus the
+        operator's --job-env names, thread pools bounded to --train-threads, and only this
+        project's own Hub token, when the operator gave it one."""
+        token = (self.policy.push_tokens or {}).get(project) if project else None
+        return procs.job_env(self.train_threads, extra=self.job_env, hub_token=token)
 
-    def _start(self, job: dict, folder: Path, args: list[str], *, quiet_event: bool = False) -> None:
-        logf = (folder / "train.log").open("ab")
-        proc = subprocess.Popen([sys.executable, "-m", "tailor.cli", "train", *args, "--quiet"],
-                                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=self.child_env(), preexec_fn=_die_with_parent)
-        logf.close()
-        with self.store.transaction():
-            if not quiet_event:
-                jobs.event(self.store, job, "Fine-tuning job started")
-            self.store.update("jobs", job["id"], status="running", _pid=proc.pid, _signalled=False)
+    def _start(self, job: dict, folder: Path, args: list[str]) -> None:
+        proc = procs.spawn(args, self.child_env(job["_project"]), folder / "train.log")
+        self.store.update("jobs", job["id"], _pid=proc.pid)
         # What an earlier process of this job already reported is not reported twice.
         events = [e["data"] for e in self.store.all("events", parent=job["id"]) if e["type"] == "metrics"]
-        run = _Run(job["id"], proc, folder)
+        run = _Run(job["id"], job["_project"], proc, folder, ran_before=job.get("_seconds", 0.0))
         run.last_step = run.first_step = max((d["step"] for d in events if "train_loss" in d), default=0)
         run.last_eval = max((d["step"] for d in events if "train_loss" not in d), default=0)
         run.seen = {Path(c["_path"]).name for c in self.store.all("checkpoints", parent=job["id"])}
@@ -200,9 +273,11 @@ class Worker:
 
     def _watch(self, run: _Run) -> None:
         job = self.store.get("jobs", run.job_id)
-        if (job.get("_cancel") or job.get("_pause")) and not job.get("_signalled"):
+        if run.limit is None:
+            run.limit = self._past_limit(run)
+        if (job.get("_cancel") or job.get("_pause") or run.limit) and not job.get("_signalled"):
             run.proc.send_signal(signal.SIGTERM)  # the loop stops at the next step boundary
-            self.store.update("jobs", run.job_id, _signalled=True)
+            job = self.store.update("jobs", run.job_id, _signalled=True)
         self._new_metrics(run, job)
         self._new_checkpoints(run, job)
         rc = run.proc.poll()
@@ -210,12 +285,36 @@ class Worker:
             self._new_metrics(run, job)
             self._new_checkpoints(run, job)
             del self.runs[run.job_id]
-            self._finish(run, self.store.get("jobs", run.job_id), rc)
+            procs.kill_group(run.proc.pid)  # nothing of its group outlives the job
+            job = self.store.update("jobs", run.job_id, _seconds=run.seconds())
+            try:
+                self._finish(run, job, rc)
+            except Exception as exc:  # e.g. disk full while saving results: failed, never `running`
+                log.exception("finishing %s failed", run.job_id)
+                self._fail(job, f"The job's results could not be saved: {_words(exc)}", "server_error")
+
+    def _past_limit(self, run: _Run) -> tuple[str, str] | None:
+        """The operator's bounds on one job: optimizer steps and wall-clock hours."""
+        p = self.policy
+        if run.last_step > p.max_job_steps:
+            return ("job_step_limit_exceeded", f"The job passed {p.max_job_steps} training steps, the most this server "
+                    "allows per job (its operator's --max-job-steps). Use fewer epochs or set max_steps.")
+        if run.seconds() > p.max_job_hours * 3600:
+            return ("job_time_limit_exceeded", f"The job trained for more than {p.max_job_hours:g} hours, the most "
+                    "this server allows per job (its operator's --max-job-hours).")
+        return None
+
+    def _abandon(self, run: _Run, exc: Exception) -> None:
+        self.runs.pop(run.job_id, None)
+        procs.kill_group(run.proc.pid)
+        job = self.store.get("jobs", run.job_id)
+        if job is not None:
+            self._fail(job, f"The server lost track of the job: {_words(exc)}", "server_error")
 
     def _new_metrics(self, run: _Run, job: dict) -> None:
         total = job["_train"].get("max_steps")  # known up front only when the job sets max_steps
         first = run.last_step
-        for r in _read_jsonl(run.out / "metrics.jsonl"):
+        for r in run.metrics.read():
             if r["step"] <= run.last_step:
                 continue
             run.last_step = r["step"]
@@ -228,7 +327,7 @@ class Worker:
             per_step = (time.time() - run.started) / max(1, run.last_step - run.first_step)
             eta = int(time.time() + per_step * (total - run.last_step))
             self.store.update("jobs", run.job_id, estimated_finish=eta)
-        for r in _read_jsonl(run.out / "eval.jsonl"):
+        for r in run.evals.read():
             if r["step"] <= run.last_eval or "val_loss" not in r:
                 continue
             run.last_eval = r["step"]
@@ -265,7 +364,9 @@ class Worker:
 
     def _finish(self, run: _Run, job: dict, rc: int) -> None:
         final = run.out / "final"
-        if rc == 0 and final.is_dir():
+        if run.limit is not None:
+            self._fail(job, run.limit[1], run.limit[0])
+        elif rc == 0 and final.is_dir():
             self._succeed(run, job, final)
         elif job.get("_cancel") or job.get("_pause"):
             self._stopped(job, "cancelled" if job.get("_cancel") else "paused")
@@ -275,18 +376,20 @@ class Worker:
             self._fail(job, *_failure(run.folder / "train.log", rc, names))
 
     def _fail(self, job: dict, message: str, code: str) -> None:
+        message = scrub(message)
         with self.store.transaction():
-            jobs.event(self.store, job, f"Fine-tuning job failed: {message}", level="error")
-            self.store.update("jobs", job["id"], status="failed", finished_at=int(time.time()),
-                              error={"code": code, "message": message, "param": None})
+            if self.store.transition("jobs", job["id"], jobs.ACTIVE, status="failed", finished_at=int(time.time()),
+                                     error={"code": code, "message": message, "param": None}) is not None:
+                jobs.event(self.store, job, f"Fine-tuning job failed: {message}", level="error")
 
     def _stopped(self, job: dict, status: str) -> None:
         """A job whose process stopped because it was asked to: cancelled, or paused (it keeps
         its checkpoints, and `resume` queues it again)."""
+        fields = {"finished_at": int(time.time())} if status == "cancelled" else {"_pause": False}
         with self.store.transaction():
-            jobs.event(self.store, job, f"Fine-tuning job {status}")
-            fields = {"finished_at": int(time.time())} if status == "cancelled" else {"_pause": False}
-            self.store.update("jobs", job["id"], status=status, **fields)
+            if self.store.transition("jobs", job["id"], ("running",), status=status, _signalled=False,
+                                     **fields) is not None:
+                jobs.event(self.store, job, f"Fine-tuning job {status}")
 
     def _succeed(self, run: _Run, job: dict, final: Path) -> None:
         from tailor.service import files
@@ -299,9 +402,9 @@ class Worker:
             jobs.event(self.store, job, f"New fine-tuned model created: {name}")
         self.publish_job(self.store.get("jobs", job["id"]))
         with self.store.transaction():
-            jobs.event(self.store, job, "The job has successfully completed")
-            self.store.update("jobs", job["id"], status="succeeded", finished_at=int(time.time()),
-                              fine_tuned_model=name)
+            if self.store.transition("jobs", job["id"], ("running",), status="succeeded", finished_at=int(time.time()),
+                                     fine_tuned_model=name) is not None:
+                jobs.event(self.store, job, "The job has successfully completed")
 
     def publish_job(self, job: dict) -> None:
         """Serve a finished job's model and its kept checkpoints (at success, and at every start)."""
@@ -315,7 +418,7 @@ class Worker:
                 self.publish(ref, model_id, job["_project"])
             except Exception as exc:  # the model is trained and saved; say why it is not served
                 log.exception("could not serve %s", model_id)
-                jobs.event(self.store, job, f"{model_id} could not be served: {exc}", level="warn")
+                jobs.event(self.store, job, f"{model_id} could not be served: {_words(exc)}", level="warn")
 
 
 def _trainable_base(ref: str, target: Path) -> str:
@@ -356,6 +459,23 @@ def metrics_csv(train_log: list[dict], eval_log: list[dict]) -> bytes:
         e = evals.get(r["step"], {})
         w.writerow([r["step"], r["loss"], "", e.get("val_loss", ""), e.get("val_accuracy", "")])
     return buf.getvalue().encode()
+
+
+# An absolute (or ~) path, not a URL's and not a fraction's "1/12": what scrub() takes out.
+_PATH = re.compile(r"(?<![\w.:/~])[~/][^\s'\"`,;()\[\]{}<>]*")
+
+
+def scrub(text: str) -> str:
+    """A message a tenant will read, with every server path cut to its last part: the job's own
+    files are named by their file ids before this, and nothing else of the disk shows."""
+    return _PATH.sub(lambda m: Path(m.group(0)).name or "…", text)
+
+
+def _words(exc: BaseException) -> str:
+    """An exception in words safe to show a tenant (an OSError's reason, not its path)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return scrub(str(exc)) or type(exc).__name__
 
 
 def _failure(log_path: Path, rc: int, names: dict[str, str]) -> tuple[str, str]:

@@ -47,7 +47,7 @@ class TrainConfig:
     batching: Literal["group", "pack"] = "group"
     """group: batch examples of similar length, no cross-example masks (fastest on CPU); pack: concatenate examples into rows of --max-length with a block-diagonal causal mask."""
     chat_template: str | None = None
-    """For a base model without a chat template: chatml (default), llama3, alpaca, or a .jinja file."""
+    """For a base model without a chat template: chatml (default), llama3, alpaca, a .jinja file, or the Jinja text itself."""
 
     lr: float | None = None
     """Peak learning rate (default: 2e-4 for lora, 2e-5 for full)."""

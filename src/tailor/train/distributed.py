@@ -203,7 +203,9 @@ def relaunch(cfg, *, quiet: bool) -> int:
         proc.send_signal(signum)
 
     try:
-        proc = subprocess.Popen(cmd, env=child_env(nproc=cfg.nproc))
+        from tailor import lifetime
+
+        proc = subprocess.Popen(cmd, env=child_env(nproc=cfg.nproc), preexec_fn=lifetime.preexec)
         old = signal.signal(signal.SIGTERM, forward)
         try:
             while True:
