@@ -108,8 +108,9 @@ async def _reply(send, status: int, message: str, code: str) -> None:
 
 
 def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_body: int = MAX_BODY_BYTES,
-               service=None, limits: Limits | None = None) -> FastAPI:
-    """`api_key`: one key (project `default`), or a Keyring of several, one project each."""
+               service=None, limits: Limits | None = None, graders_options: dict | None = None) -> FastAPI:
+    """`api_key`: one key (project `default`), or a Keyring of several, one project each.
+    `graders_options`: tailor.serve.graders.install's keywords (the operator's grader endpoint, python limits)."""
     limits = limits or Limits()
     keys = Keyring({api_key: DEFAULT_PROJECT}) if isinstance(api_key, str) else api_key or Keyring()
 
@@ -131,6 +132,9 @@ def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_
 
         finetune.install(app, service, registry)
     dashboard.install(app)  # the web page at / and its /v1/tailor extensions
+    from tailor.serve import graders
+
+    graders.install(app, registry, service, **(graders_options or {}))  # graders/run, /v1/evals
 
     def served(model_id: str, request: Request):
         m = registry.get(model_id, project(request))  # another project's ft: model is as unknown as any
