@@ -4,7 +4,7 @@ evals, under the same API-key guard as the rest of /v1.
   POST /v1/fine_tuning/alpha/graders/run        {grader, model_sample, item?} -> run response
   POST /v1/fine_tuning/alpha/graders/validate   {grader} -> {grader}
   POST|GET /v1/evals, GET|POST|DELETE /v1/evals/{id}
-  POST|GET /v1/evals/{id}/runs, GET|POST(cancel)|DELETE /v1/evals/{id}/runs/{run_id}
+  POST|GET /v1/evals/{id}/runs, GET|DELETE /v1/evals/{id}/runs/{run_id}, POST .../{run_id}[/cancel]
   GET /v1/evals/{id}/runs/{run_id}/output_items[/{item_id}]
 
 Model graders and completions runs sample only models the key's project may see (or the
@@ -151,7 +151,8 @@ def retrieve_run(request: Request, eval_id: str, run_id: str):
     return eval_runs.public(eval_runs.get(_store(request), project(request), eval_id, run_id))
 
 
-@evals_router.post("/{eval_id}/runs/{run_id}")
+@evals_router.post("/{eval_id}/runs/{run_id}/cancel")
+@evals_router.post("/{eval_id}/runs/{run_id}")  # openai-python before 3.x posts to the run itself
 def cancel_run(request: Request, eval_id: str, run_id: str):
     return eval_runs.public(eval_runs.cancel(_store(request), project(request), eval_id, run_id))
 

@@ -1,5 +1,5 @@
 """One eval run, row by row: get the sample (the row's own, or a model's answer to the row's
-messages), grade it with every testing criterion, store the output item, and count. Rows run
+messages), grade it with every testing criterion, then store the output items and the counts. Rows run
 ROW_WORKERS at a time so a served model batches their generations."""
 
 from __future__ import annotations
@@ -27,10 +27,14 @@ def execute(runner, run: dict) -> dict:
         index, row = index_row
         if runner.cancelled(run["id"]):
             return None
-        return _row(store, run, ev, index, row, ctx, usage)
+        return _row(run, ev, index, row, ctx, usage)
 
     with ThreadPoolExecutor(ROW_WORKERS) as pool:
         items = [i for i in pool.map(one, enumerate(rows)) if i is not None]
+    with store.transaction():  # in the data source's order, whichever row finished first
+        for item in items:
+            store.put("eval_items", {k: v for k, v in item.items() if k != "_errored"}, project=run["_project"],
+                      parent=run["id"])
     counts = {"total": len(items), "passed": 0, "failed": 0, "errored": 0}
     per = {cid: {"testing_criteria": cid, "passed": 0, "failed": 0} for cid in ev["_criteria_ids"]}
     for item in items:
@@ -45,7 +49,7 @@ def execute(runner, run: dict) -> dict:
             "per_model_usage": per_model}
 
 
-def _row(store, run: dict, ev: dict, index: int, row: dict, ctx: graders.Context, usage: result.Usage) -> dict:
+def _row(run: dict, ev: dict, index: int, row: dict, ctx: graders.Context, usage: result.Usage) -> dict:
     source = run["data_source"]
     if source["type"] == "completions":
         sample = _generate(source, row["item"], ctx, usage)
@@ -72,8 +76,6 @@ def _row(store, run: dict, ev: dict, index: int, row: dict, ctx: graders.Context
             "eval_id": run["eval_id"], "run_id": run["id"], "datasource_item_id": index,
             "datasource_item": row["item"], "results": results, "sample": sample,
             "status": "pass" if results and all(r["passed"] for r in results) else "fail", "_errored": errored}
-    store.put("eval_items", {k: v for k, v in item.items() if k != "_errored"}, project=run["_project"],
-              parent=run["id"])
     return item
 
 
