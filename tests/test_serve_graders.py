@@ -244,3 +244,10 @@ def test_update_cancel_and_delete(server):
     assert c.evals.delete(ev.id).deleted
     with pytest.raises(openai.NotFoundError):
         c.evals.retrieve(ev.id)
+
+
+def test_the_dashboard_has_an_evals_tab_over_the_public_api(server):
+    page = httpx.get(server["url"] + "/").text
+    script = httpx.get(server["url"] + "/app.js").text
+    assert 'data-tab="evals"' in page and 'id="compare"' in page and 'id="cmp-a"' in page
+    assert '"/v1/evals?limit=100' in script and "/output_items?limit=100" in script
