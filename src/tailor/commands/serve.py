@@ -86,6 +86,11 @@ class ServeConfig:
     """Chunks retrieved per request, 0 to 32; a request may set its own with extra_body={"tailor": {"k": N}}."""
     rag_style: Literal["system", "user"] = "system"
     """Where the chunks go: a system message (system) or before the latest user turn (user)."""
+    grader_url: str | None = None
+    """An OpenAI-compatible server (e.g. https://host/v1) for score_model and label_model graders whose model
+    is not served here; its key comes from $TAILOR_GRADER_API_KEY. Requests never name a URL themselves."""
+    python_graders: int = 2
+    """Python graders run at the same time, each in its own confined process (2 minutes, 2 GB each at most)."""
 
 
 def add_arguments(parser) -> None:
@@ -137,7 +142,8 @@ def run(args) -> int:
                              max_adapters=cfg.max_loaded_adapters)
     registry.use_retrievers(per_model, every)
     app = create_app(registry, api_key=api_keys, max_body=cfg.max_body_bytes, service=service,
-                     limits=Limits(max_n=cfg.max_n, max_prompts=cfg.max_prompts), max_uploads=cfg.max_uploads)
+                     limits=Limits(max_n=cfg.max_n, max_prompts=cfg.max_prompts), max_uploads=cfg.max_uploads,
+                     graders_options=graders_options(cfg))
     for m in registry.models.values():
         rag = f", index {m.retriever.name!r}: top {m.retriever.k} chunks" if m.retriever else ""
         print(f"serving {m.id!r} (context {m.max_len} tokens{rag})", file=sys.stderr)
@@ -182,6 +188,19 @@ def _policy(cfg: ServeConfig, bounds: Policy, api_keys) -> Policy:
         raise UsageError("; ".join(problems) + ".")
     values["push_tokens"] = api_keys.hub_tokens
     return Policy(**values)
+
+
+def graders_options(cfg: ServeConfig) -> dict:
+    from tailor.errors import UsageError
+    from tailor.graders.sandbox import Limits as PythonLimits
+    from tailor.serve.sampler import ExternalSampler
+
+    if cfg.python_graders < 1:
+        raise UsageError(f"--python-graders is {cfg.python_graders}; give at least 1.")
+    if cfg.grader_url and not cfg.grader_url.startswith(("http://", "https://")):
+        raise UsageError(f"--grader-url {cfg.grader_url!r}: give an http(s) URL ending in /v1.")
+    return {"external": ExternalSampler(cfg.grader_url) if cfg.grader_url else None,
+            "python_limits": PythonLimits(max_concurrent=cfg.python_graders)}
 
 
 def open_retrievers(cfg: ServeConfig, ids: list[str]) -> tuple[dict, object]:

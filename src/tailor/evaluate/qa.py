@@ -46,6 +46,9 @@ class EvalConfig:
     """OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) whose model judges each answer."""
     judge_model: str | None = None
     """The judge's model id on --judge-url."""
+    grader: str | None = None
+    """A grader JSON file in OpenAI's shape (string_check, text_similarity, python, score_model, multi...): every
+    answer is graded with it, item = the question's JSON line; its mean reward joins the table."""
 
 
 @dataclass
@@ -73,6 +76,11 @@ def evaluate(cfg: EvalConfig, progress=None) -> dict:
         raise TailorError("--judge-url needs --judge-model (the judge's model id on that server).")
     retriever = _open_retriever(cfg)
     judge = _judge(cfg)
+    grader = None
+    if cfg.grader:
+        from tailor.evaluate.graded import load_grader
+
+        grader = load_grader(cfg.grader)  # a bad grader fails before the model loads
     model = Scorer.load(cfg)
     conditions = [Condition(label(cfg), False)] + ([Condition(label(cfg) + "+RAG", True)] if retriever is not None else [])
     out = {"model": cfg.model, "qa": str(cfg.qa), "index": cfg.index, "k": cfg.k, "rag_style": cfg.rag_style,
@@ -81,6 +89,10 @@ def evaluate(cfg: EvalConfig, progress=None) -> dict:
         for cond in conditions:
             rows = _condition(model, items, retriever if cond.retrieval else None, cfg, judge,
                               lambda text, name=cond.name: progress and progress(f"\r{name}: {text}"))
+            if grader is not None:
+                from tailor.evaluate.graded import grade_rows
+
+                grade_rows(grader, rows, [item.fields for item in items], cfg.judge_url)
             if progress:
                 progress("\n")
             out["conditions"].append({"name": cond.name, "retrieval": cond.retrieval, "rows": rows,

@@ -5,7 +5,7 @@ both `tailor data rag` and `tailor eval`."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tailor.errors import TailorError
@@ -17,6 +17,8 @@ class QA:
     answer: str
     line: int
     """1-based line in the file."""
+    fields: dict = field(default_factory=dict, compare=False)
+    """The whole JSON line (what a grader sees as `item`)."""
 
 
 def read_qa(path: str | Path) -> list[QA]:
@@ -64,4 +66,4 @@ def _parse(text: str, number: int, path: Path, problems: list[str]) -> QA | None
                                                    f"a {type(value).__name__}, not a string")
             problems.append(f"{where}: {key}: {what}. Fix: give \"{key}\" as a non-empty string.")
             ok = False
-    return QA(obj["question"].strip(), obj["answer"].strip(), number) if ok else None
+    return QA(obj["question"].strip(), obj["answer"].strip(), number, obj) if ok else None

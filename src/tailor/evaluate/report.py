@@ -22,6 +22,8 @@ def summarize(rows: list[dict]) -> dict:
             continue  # no judge ran
         votes = [r[key] for r in rows if r.get(key) is not None]
         out[key] = sum(map(bool, votes)) / len(votes) if votes else None
+    if any("grader" in r for r in rows):  # the mean reward of --grader (a reward, not a share)
+        out["grader"] = sum(r["grader"] for r in rows) / len(rows) if rows else None
     losses = [r["ref_loss"] for r in rows if r.get("ref_loss") is not None]
     out["ref_loss"] = sum(losses) / len(losses) if losses else None
     return out
@@ -30,12 +32,15 @@ def summarize(rows: list[dict]) -> dict:
 def table(conditions: list[dict]) -> str:
     """One row per condition: exact, contains, (judge,) reference loss and n, aligned."""
     judged = any("judge" in c["summary"] for c in conditions)
-    head = ["condition", "exact", "contains"] + (["judge"] if judged else []) + ["ref loss", "n"]
+    graded = any("grader" in c["summary"] for c in conditions)
+    head = ["condition", "exact", "contains"] + (["judge"] if judged else []) + (["grader"] if graded else []) + [
+        "ref loss", "n"]
     body = []
     for c in conditions:
         s = c["summary"]
         cells = [c["name"], _pct(s.get("exact")), _pct(s.get("contains"))]
         cells += [_pct(s.get("judge"))] if judged else []
+        cells += ["-" if s.get("grader") is None else f"{s['grader']:.3f}"] if graded else []
         cells += ["-" if s.get("ref_loss") is None else f"{s['ref_loss']:.3f}", str(s["n"])]
         body.append(cells)
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]

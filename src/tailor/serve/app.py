@@ -129,9 +129,11 @@ async def _reply(send, status: int, message: str, code: str) -> None:
 
 
 def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_body: int = MAX_BODY_BYTES,
-               service=None, limits: Limits | None = None, max_uploads: int = 4) -> FastAPI:
+               service=None, limits: Limits | None = None, max_uploads: int = 4,
+               graders_options: dict | None = None) -> FastAPI:
     """`api_key`: one key (project `default`), or a Keyring of several, one project each;
-    `max_uploads`: file uploads streaming at once, server-wide."""
+    `max_uploads`: file uploads streaming at once, server-wide; `graders_options`:
+    tailor.serve.graders.install's keywords (the operator's grader endpoint, python limits)."""
     limits = limits or Limits()
     keys = Keyring({api_key: DEFAULT_PROJECT}) if isinstance(api_key, str) else api_key or Keyring()
 
@@ -153,6 +155,9 @@ def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_
 
         finetune.install(app, service, registry, max_uploads=max_uploads)
     dashboard.install(app)  # the web page at / and its /v1/tailor extensions
+    from tailor.serve import graders
+
+    graders.install(app, registry, service, **(graders_options or {}))  # graders/run, /v1/evals
 
     async def served(model_id: str, request: Request):
         owner = project(request)  # another project's ft: model is as unknown as any

@@ -13,7 +13,7 @@ from pathlib import Path
 from tailor.service.errors import invalid, not_found, quota_exceeded, too_large
 from tailor.service.store import Store, new_id
 
-PURPOSES = ("fine-tune", "fine-tune-results", "assistants", "batch", "user_data", "vision")
+PURPOSES = ("fine-tune", "fine-tune-results", "assistants", "batch", "user_data", "vision", "evals")
 MIN_EXAMPLES = 10  # OpenAI's floor for a training file
 _DETAILS = 5  # problems named in status_details
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _ALPHABET = string.ascii_letters + string.digits
-KINDS = ("files", "jobs", "events", "checkpoints")
+KINDS = ("files", "jobs", "events", "checkpoints", "evals", "eval_runs", "eval_items")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
@@ -32,7 +32,15 @@ CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEX
     project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
     project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS evals (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
+    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS eval_runs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
+    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS eval_items (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
+    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_parent ON events (parent, seq);
+CREATE INDEX IF NOT EXISTS eval_runs_parent ON eval_runs (parent, seq);
+CREATE INDEX IF NOT EXISTS eval_items_parent ON eval_items (parent, seq);
 CREATE INDEX IF NOT EXISTS checkpoints_parent ON checkpoints (parent, seq);
 """
 
@@ -49,8 +57,9 @@ def default_root() -> Path:
 
 
 class Store:
-    """Rows of four kinds (files, jobs, events, checkpoints), each owned by a project; `parent`
-    ties an event or checkpoint to its job. Bodies are dicts; `put` inserts or replaces."""
+    """Rows of several kinds (files, jobs, events, checkpoints, evals, eval runs and their output
+    items), each owned by a project; `parent` ties an event or checkpoint to its job, a run to its
+    eval, an output item to its run. Bodies are dicts; `put` inserts or replaces."""
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_root()
