@@ -567,6 +567,9 @@ def test_a_restarted_server_kills_what_a_dead_one_left_running_in_a_jobs_folder(
     folder.mkdir(parents=True)
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "tailor", str(folder / "job.yaml")],
                          start_new_session=True)
+    deadline = time.time() + 10
+    while time.time() < deadline and str(folder).encode() not in Path(f"/proc/{p.pid}/cmdline").read_bytes():
+        time.sleep(0.01)  # until the child has exec'd: before that it wears the parent's command line
     assert procs.kill_leftovers(folder) == 1
     assert p.wait(10) == -9
 

@@ -16,7 +16,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from tailor import graders
 from tailor.graders import template
 from tailor.service import evals, files
 from tailor.service.errors import ServiceError, invalid, not_found
