@@ -147,6 +147,29 @@ class Store:
         """Every matching row, oldest first."""
         return self.page(kind, limit=1 << 30, newest_first=False, **filters)[0]
 
+    def count_by(self, kind: str, key: str) -> dict:
+        """How many rows have each value of the top-level body field `key` (e.g. jobs per status)."""
+        assert kind in KINDS
+        with self._lock:
+            rows = self._db.execute(f"SELECT json_extract(body, ?), COUNT(*) FROM {kind} GROUP BY 1",
+                                    ("$." + key,)).fetchall()
+        return dict(rows)
+
+    def last_seq(self, kind: str) -> int:
+        """The newest row's sequence number (0 when there is none): where `since` starts."""
+        assert kind in KINDS
+        with self._lock:
+            return self._db.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {kind}").fetchone()[0]
+
+    def since(self, kind: str, seq: int, limit: int = 100_000) -> tuple[list[dict], int]:
+        """Bodies of the rows added after sequence number `seq`, oldest first, and the last one's
+        number: for watchers that read only what is new."""
+        assert kind in KINDS
+        with self._lock:
+            rows = self._db.execute(f"SELECT seq, body FROM {kind} WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (seq, limit)).fetchall()
+        return [json.loads(b) for _, b in rows], rows[-1][0] if rows else seq
+
     def project_of(self, kind: str, id_: str) -> str | None:
         with self._lock:
             row = self._db.execute(f"SELECT project FROM {kind} WHERE id = ?", (id_,)).fetchone()
