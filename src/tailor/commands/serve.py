@@ -71,6 +71,10 @@ class ServeConfig:
     """Chunks retrieved per request, 0 to 32; a request may set its own with extra_body={"tailor": {"k": N}}."""
     rag_style: Literal["system", "user"] = "system"
     """Where the chunks go: a system message (system) or before the latest user turn (user)."""
+    metrics_port: int | None = None
+    """Serve GET /metrics (Prometheus) on this port, without an API key, for scrapers on a private network; the main port then has no /metrics (default: /metrics on the main port, behind the key)."""
+    metrics_host: str | None = None
+    """Address of the --metrics-port listener (default: --host)."""
 
 
 def add_arguments(parser) -> None:
@@ -111,13 +115,20 @@ def run(args) -> int:
                              chat_template=cfg.chat_template, max_queue=cfg.max_queue, quantize=cfg.quantize)
     registry.use_retrievers(per_model, every)
     app = create_app(registry, api_key=api_keys, max_body=cfg.max_body_bytes, service=service,
-                     limits=Limits(max_n=cfg.max_n, max_prompts=cfg.max_prompts))
+                     limits=Limits(max_n=cfg.max_n, max_prompts=cfg.max_prompts),
+                     metrics_route=cfg.metrics_port is None)
     for m in registry.models.values():
         rag = f", index {m.retriever.name!r}: top {m.retriever.k} chunks" if m.retriever else ""
         print(f"serving {m.id!r} (context {m.max_len} tokens{rag})", file=sys.stderr)
     if len(api_keys.projects) > 1:  # names only: a key is never printed
         print(f"projects (one per API key): {', '.join(api_keys.projects)}", file=sys.stderr)
     print(f"OpenAI-compatible API at http://{cfg.host}:{cfg.port}/v1", file=sys.stderr)
+    if cfg.metrics_port is not None:
+        from tailor.serve import metrics
+
+        metrics.serve_separately(app.state.meter, cfg.metrics_host or cfg.host, cfg.metrics_port)
+        print(f"Prometheus metrics at http://{cfg.metrics_host or cfg.host}:{cfg.metrics_port}/metrics (no key)",
+              file=sys.stderr)
     # uvicorn drains requests on SIGTERM, then re-raises the signal to the previous handler:
     # make that a no-op so a requested shutdown exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tailor.serve import chat, completions, dashboard, errors
+from tailor.serve import chat, completions, dashboard, errors, metrics
 from tailor.serve.errors import APIError, model_not_found
 from tailor.serve.registry import Registry
 from tailor.serve.schemas import ChatRequest, CompletionRequest
@@ -108,8 +108,9 @@ async def _reply(send, status: int, message: str, code: str) -> None:
 
 
 def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_body: int = MAX_BODY_BYTES,
-               service=None, limits: Limits | None = None) -> FastAPI:
-    """`api_key`: one key (project `default`), or a Keyring of several, one project each."""
+               service=None, limits: Limits | None = None, metrics_route: bool = True) -> FastAPI:
+    """`api_key`: one key (project `default`), or a Keyring of several, one project each.
+    `metrics_route`: GET /metrics on this app, behind the key (off when --metrics-port serves it)."""
     limits = limits or Limits()
     keys = Keyring({api_key: DEFAULT_PROJECT}) if isinstance(api_key, str) else api_key or Keyring()
 
@@ -131,6 +132,7 @@ def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_
 
         finetune.install(app, service, registry)
     dashboard.install(app)  # the web page at / and its /v1/tailor extensions
+    metrics.install(app, registry, service, projects=len(keys.projects), route=metrics_route)  # app.state.meter
 
     def served(model_id: str, request: Request):
         m = registry.get(model_id, project(request))  # another project's ft: model is as unknown as any
