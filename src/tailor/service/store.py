@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _ALPHABET = string.ascii_letters + string.digits
-KINDS = ("files", "jobs", "events", "checkpoints")
+KINDS = ("files", "jobs", "events", "checkpoints", "webhooks", "deliveries")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
@@ -32,6 +32,11 @@ CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEX
     project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
     project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS webhooks (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
+    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
+    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS deliveries_parent ON deliveries (parent, seq);
 CREATE INDEX IF NOT EXISTS events_parent ON events (parent, seq);
 CREATE INDEX IF NOT EXISTS checkpoints_parent ON checkpoints (parent, seq);
 """
@@ -49,8 +54,8 @@ def default_root() -> Path:
 
 
 class Store:
-    """Rows of four kinds (files, jobs, events, checkpoints), each owned by a project; `parent`
-    ties an event or checkpoint to its job. Bodies are dicts; `put` inserts or replaces."""
+    """Rows of six kinds (files, jobs, events, checkpoints, webhooks, deliveries), each owned by a
+    project; `parent` ties an event or checkpoint to its job, a delivery to its webhook endpoint. Bodies are dicts; `put` inserts or replaces."""
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_root()
