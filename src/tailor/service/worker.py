@@ -75,6 +75,7 @@ class Worker:
         self.store, self.max_jobs, self.publish, self.poll = store, max_jobs, publish, poll
         self.train_threads = train_threads or default_train_threads()
         self.runs: dict[str, _Run] = {}
+        self.on_end: Callable[[dict], None] | None = None  # told of each job that succeeded, failed or was cancelled
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -279,6 +280,7 @@ class Worker:
             jobs.event(self.store, job, f"Fine-tuning job failed: {message}", level="error")
             self.store.update("jobs", job["id"], status="failed", finished_at=int(time.time()),
                               error={"code": code, "message": message, "param": None})
+        self._ended(job["id"])
 
     def _stopped(self, job: dict, status: str) -> None:
         """A job whose process stopped because it was asked to: cancelled, or paused (it keeps
@@ -287,6 +289,7 @@ class Worker:
             jobs.event(self.store, job, f"Fine-tuning job {status}")
             fields = {"finished_at": int(time.time())} if status == "cancelled" else {"_pause": False}
             self.store.update("jobs", job["id"], status=status, **fields)
+        self._ended(job["id"])
 
     def _succeed(self, run: _Run, job: dict, final: Path) -> None:
         from tailor.service import files
@@ -302,6 +305,16 @@ class Worker:
             jobs.event(self.store, job, "The job has successfully completed")
             self.store.update("jobs", job["id"], status="succeeded", finished_at=int(time.time()),
                               fine_tuned_model=name)
+        self._ended(job["id"])
+
+    def _ended(self, job_id: str) -> None:
+        """Tell `on_end` (the webhooks) of a job that has just stopped, when it reached a final status."""
+        job = self.store.get("jobs", job_id)
+        if self.on_end is not None and job["status"] in jobs.FINAL:
+            try:
+                self.on_end(job)
+            except Exception:  # a notification never fails a job
+                log.exception("could not queue the webhooks of %s", job_id)
 
     def publish_job(self, job: dict) -> None:
         """Serve a finished job's model and its kept checkpoints (at success, and at every start)."""
