@@ -13,6 +13,7 @@ from tailor.service import files, jobs
 from tailor.service.errors import ServiceError
 from tailor.service.keys import DEFAULT_PROJECT
 from tailor.service.store import Store
+from tailor.service.webhooks import Webhooks
 from tailor.service.worker import Publisher, Worker
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
@@ -21,10 +22,12 @@ MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 class Service:
     def __init__(self, root: str | os.PathLike | None = None, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                  max_jobs: int = 1, lookup: Callable[[str], str | None] | None = None,
-                 publish: Publisher | None = None, train_threads: int | None = None):
+                 publish: Publisher | None = None, train_threads: int | None = None, webhooks: dict | None = None):
         """`lookup(model_id)` gives the reference behind a served model id (or None);
         `publish(ref, model_id, owner)` starts serving a trained model; `train_threads` bounds
-        each training process's CPU threads (default: every core but the server's one)."""
+        each training process's CPU threads (default: every core but the server's one);
+        `webhooks`: keyword arguments of service.webhooks.Webhooks (the operator's endpoints and
+        secret, the networks tenants' endpoints may reach, the retry schedule)."""
         if max_jobs < 1 or max_upload_bytes < 1:
             raise UsageError(f"--max-jobs ({max_jobs}) and --max-upload-mb must be at least 1.")
         if train_threads is not None and train_threads < 1:
@@ -33,14 +36,21 @@ class Service:
         self.max_upload_bytes = max_upload_bytes
         self.lookup = lookup or (lambda model_id: None)
         self.worker = Worker(self.store, max_jobs=max_jobs, publish=publish, train_threads=train_threads)
+        try:
+            self.webhooks = Webhooks(self.store, **(webhooks or {}))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        self.worker.on_end = self.webhooks.job_ended
 
     def start(self) -> None:
         for job in self.store.all("jobs", where={"status": "succeeded"}):
             self.worker.publish_job(job)  # a restarted server serves every model it made before
         self.worker.start()  # which first resumes the jobs a previous server left running
+        self.webhooks.start()  # deliveries a previous server left pending go out too
 
     def stop(self) -> None:
         self.worker.stop()
+        self.webhooks.stop()
 
     # ---- files ---------------------------------------------------------------------------
 
@@ -72,7 +82,10 @@ class Service:
         return jobs.listing(self.store, project, **query)
 
     def cancel_job(self, jid: str, project: str = DEFAULT_PROJECT) -> dict:
-        return jobs.public(jobs.cancel(self.store, project, jid))
+        job = jobs.cancel(self.store, project, jid)
+        if job["status"] == "cancelled":  # a queued or paused job; a running one ends in the worker
+            self.webhooks.job_ended(job)
+        return jobs.public(job)
 
     def pause_job(self, jid: str, project: str = DEFAULT_PROJECT) -> dict:
         return jobs.public(jobs.pause(self.store, project, jid))
