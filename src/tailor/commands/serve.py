@@ -75,6 +75,12 @@ class ServeConfig:
     """Serve GET /metrics (Prometheus) on this port, without an API key, for scrapers on a private network; the main port then has no /metrics (default: /metrics on the main port, behind the key)."""
     metrics_host: str | None = None
     """Address of the --metrics-port listener (default: --host)."""
+    webhook: list[str] | None = None
+    """URL that gets every project's fine-tuning (and eval) events, signed with $TAILOR_WEBHOOK_SECRET or --webhook-secret-file (repeat it for several). Projects may also register their own under /v1/tailor/webhooks."""
+    webhook_secret_file: str | None = None
+    """A file holding the signing secret (whsec_...) of the --webhook endpoints (default: $TAILOR_WEBHOOK_SECRET)."""
+    webhook_allow_network: list[str] | None = None
+    """A network (CIDR, e.g. 10.0.0.0/8) that projects' webhook URLs may reach besides public addresses; repeat it for several. By default loopback, link-local (cloud metadata), private and reserved addresses are refused."""
 
 
 def add_arguments(parser) -> None:
@@ -83,11 +89,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--name", action="append", dest="names", default=None, metavar="ID",
                         help="Model id for the REF in the same position (repeat once per REF; default: `default`, "
                              "the hub id, or the folder's name).")
-    config.add_arguments(parser, ServeConfig, skip=("api_key", "rag"))
+    config.add_arguments(parser, ServeConfig, skip=("api_key", "rag", "webhook", "webhook_allow_network"))
     parser.add_argument("--api-key", action="append", dest="api_key", default=argparse.SUPPRESS, metavar="KEY",
                         help=config.field_docs(ServeConfig)["api_key"])
     parser.add_argument("--rag", action="append", dest="rag", default=argparse.SUPPRESS, metavar="MODEL=INDEX",
                         help=config.field_docs(ServeConfig)["rag"])
+    parser.add_argument("--webhook", action="append", dest="webhook", default=argparse.SUPPRESS, metavar="URL",
+                        help=config.field_docs(ServeConfig)["webhook"])
+    parser.add_argument("--webhook-allow-network", action="append", dest="webhook_allow_network",
+                        default=argparse.SUPPRESS, metavar="CIDR",
+                        help=config.field_docs(ServeConfig)["webhook_allow_network"])
 
 
 def run(args) -> int:
@@ -110,7 +121,7 @@ def run(args) -> int:
     api_keys = keys.load(cfg.api_key, cfg.api_keys, os.environ.get("TAILOR_API_KEY"))
     per_model, every = open_retrievers(cfg, model_ids(refs, args.names))
     service = Service(cfg.state, max_upload_bytes=cfg.max_upload_mb * 1024 * 1024, max_jobs=cfg.max_jobs,
-                      train_threads=cfg.train_threads)
+                      train_threads=cfg.train_threads, webhooks=webhook_options(cfg))
     registry = Registry.load(refs, args.names, dtype=cfg.dtype, max_batch=cfg.max_batch, max_len=cfg.max_len,
                              chat_template=cfg.chat_template, max_queue=cfg.max_queue, quantize=cfg.quantize)
     registry.use_retrievers(per_model, every)
@@ -135,6 +146,29 @@ def run(args) -> int:
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
                 timeout_graceful_shutdown=cfg.shutdown_timeout)
     return 0
+
+
+def webhook_options(cfg: ServeConfig) -> dict:
+    """The operator's webhook settings, for tailor.service.webhooks.Webhooks."""
+    import ipaddress
+
+    from tailor.errors import UsageError
+
+    secret = os.environ.get("TAILOR_WEBHOOK_SECRET")
+    if cfg.webhook_secret_file:
+        try:
+            secret = open(os.path.expanduser(cfg.webhook_secret_file)).read().strip()
+        except OSError as exc:
+            raise UsageError(f"--webhook-secret-file {cfg.webhook_secret_file}: cannot read it ({exc.strerror}).") \
+                from exc
+    nets = cfg.webhook_allow_network or []
+    for net in nets:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise UsageError(f"--webhook-allow-network {net!r}: not a network ({exc}); give a CIDR like "
+                             "10.0.0.0/8.") from exc
+    return {"operator_urls": cfg.webhook or [], "operator_secret": secret, "allow_networks": nets}
 
 
 def open_retrievers(cfg: ServeConfig, ids: list[str]) -> tuple[dict, object]:

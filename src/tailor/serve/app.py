@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tailor.serve import chat, completions, dashboard, errors, metrics
+from tailor.serve import chat, completions, dashboard, errors, metrics, webhooks
 from tailor.serve.errors import APIError, model_not_found
 from tailor.serve.registry import Registry
 from tailor.serve.schemas import ChatRequest, CompletionRequest
@@ -131,6 +131,7 @@ def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_
         from tailor.serve import finetune
 
         finetune.install(app, service, registry)
+        webhooks.install(app)  # a project's webhook endpoints, /v1/tailor/webhooks
     dashboard.install(app)  # the web page at / and its /v1/tailor extensions
     metrics.install(app, registry, service, projects=len(keys.projects), route=metrics_route)  # app.state.meter
 
