@@ -119,6 +119,7 @@ def test_a_decoding_request_is_running_holds_cache_and_a_second_one_is_a_counted
         time.sleep(0.1)
         after = scrape(server["url"])
     assert value(after, "tailor:num_requests_running", model_name="tiny") == 0, "a left stream frees its slot"
+    assert value(after, "tailor:num_requests_waiting", model_name="tiny") == 0, "the refused request is not waiting"
 
 
 def test_a_job_moves_the_job_status_gauge_and_the_step_counter(server, client, tmp_path):

@@ -68,6 +68,8 @@ class Meter:
     def watch(self, served, requests) -> None:
         model, arrived = served.id, time.perf_counter()
         with self._lock:
+            if len(self._inflight) > 4096:
+                self._prune()
             for req in requests:
                 self._inflight[req.id] = (model, req)
         for req in requests:
@@ -95,7 +97,14 @@ class Meter:
 
     def inflight(self) -> list[tuple[str, object]]:
         with self._lock:
+            self._prune()
             return list(self._inflight.values())
+
+    def _prune(self) -> None:
+        """Forget requests that are done, or cancelled before a slot was theirs: after a 429 the
+        engine never had the rest of that HTTP request's choices, so no final event comes for them."""
+        for key in [k for k, (_, req) in self._inflight.items() if req.done or (req.cancelled and req.slot is None)]:
+            del self._inflight[key]
 
     # ---- exposition -----------------------------------------------------------------------
 
