@@ -13,7 +13,6 @@ import importlib.util
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -42,9 +41,9 @@ def report(*, measure_s: float = 0.12) -> dict:
            "platform": f"{platform.system()} {platform.machine()}", "versions": versions()}
     out["devices"] = devices()
     out["cpu"] = cpu()
-    out["speed"] = [speed(d["type"], dtype, measure_s) for d in out["devices"] for dtype in ("float32", "bfloat16",
-                                                                                            "float16")
-                    if d.get(_short(dtype)) or dtype == "float32"]
+    # each device in float32 and in each half precision that works there
+    out["speed"] = [speed(d["type"], dtype, measure_s) for d in out["devices"]
+                    for dtype, works in (("float32", True), ("bfloat16", d["bf16"]), ("float16", d["fp16"])) if works]
     out["hub"] = hub()
     out["disk"] = disk()
     out["extras"] = {name: installed(name) for name in EXTRAS}
@@ -64,10 +63,6 @@ def versions() -> dict:
 
     return {"torch": torch.__version__, "transformers": _version("transformers"), "peft": _version("peft"),
             "tailor": _version("tailor"), "cuda": torch.version.cuda, "hip": getattr(torch.version, "hip", None)}
-
-
-def _short(dtype: str) -> str:
-    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[dtype]
 
 
 def devices() -> list[dict]:
