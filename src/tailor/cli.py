@@ -28,6 +28,7 @@ COMMANDS = {
     "serve": ("tailor.commands.serve", "Serve models behind an OpenAI-compatible HTTP API."),
     "index": ("tailor.commands.index", "Build or update a document index for retrieval, or search one (--query)."),
     "eval": ("tailor.commands.eval", "Score a model on questions with reference answers, with and without retrieval."),
+    "doctor": ("tailor.commands.doctor", "Check this machine for tailor: devices, dtypes, speed, versions, caches, extras."),
 }
 
 

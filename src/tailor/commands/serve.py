@@ -91,6 +91,16 @@ class ServeConfig:
     is not served here; its key comes from $TAILOR_GRADER_API_KEY. Requests never name a URL themselves."""
     python_graders: int = 2
     """Python graders run at the same time, each in its own confined process (2 minutes, 2 GB each at most)."""
+    metrics_port: int | None = None
+    """Serve GET /metrics (Prometheus) on this port, without an API key, for scrapers on a private network; the main port then has no /metrics (default: /metrics on the main port, behind the key)."""
+    metrics_host: str | None = None
+    """Address of the --metrics-port listener (default: --host)."""
+    webhook: list[str] | None = None
+    """URL that gets every project's fine-tuning (and eval) events, signed with $TAILOR_WEBHOOK_SECRET or --webhook-secret-file (repeat it for several). Projects may also register their own under /v1/tailor/webhooks."""
+    webhook_secret_file: str | None = None
+    """A file holding the signing secret (whsec_...) of the --webhook endpoints (default: $TAILOR_WEBHOOK_SECRET)."""
+    webhook_allow_network: list[str] | None = None
+    """A network (CIDR, e.g. 10.0.0.0/8) that projects' webhook URLs may reach besides public addresses; repeat it for several. By default loopback, link-local (cloud metadata), private and reserved addresses are refused."""
 
 
 def add_arguments(parser) -> None:
@@ -99,9 +109,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--name", action="append", dest="names", default=None, metavar="ID",
                         help="Model id for the REF in the same position (repeat once per REF; default: `default`, "
                              "the hub id, or the folder's name).")
-    config.add_arguments(parser, ServeConfig, skip=("api_key", "rag", "job_env"))
+    config.add_arguments(parser, ServeConfig, skip=("api_key", "rag", "job_env", "webhook", "webhook_allow_network"))
     docs = {**config.field_docs(ServeConfig), **config.field_docs(Policy)}
-    for name, metavar in (("api_key", "KEY"), ("rag", "MODEL=INDEX"), ("job_env", "NAME")):
+    for name, metavar in (("api_key", "KEY"), ("rag", "MODEL=INDEX"), ("job_env", "NAME"), ("webhook", "URL"),
+                          ("webhook_allow_network", "CIDR")):
         parser.add_argument(config.flag(name), action="append", dest=name, default=argparse.SUPPRESS,
                             metavar=metavar, help=docs[name].replace("%", "%%"))
     tenants = parser.add_argument_group("what tenants of the fine-tuning service may ask for (also --limits FILE)")
@@ -134,7 +145,8 @@ def run(args) -> int:
     per_model, every = open_retrievers(cfg, model_ids(refs, args.names))
     policy = _policy(cfg, bounds, api_keys)
     service = Service(cfg.state, max_upload_bytes=cfg.max_upload_mb * 1024 * 1024, max_jobs=cfg.max_jobs,
-                      train_threads=cfg.train_threads, policy=policy, job_env=tuple(cfg.job_env or ()))
+                      train_threads=cfg.train_threads, policy=policy, job_env=tuple(cfg.job_env or ()),
+                      webhooks=webhook_options(cfg))
     service.worker.stop_timeout = cfg.job_stop_timeout
     registry = Registry.load(refs, args.names, dtype=cfg.dtype, max_batch=cfg.max_batch, max_len=cfg.max_len,
                              chat_template=cfg.chat_template, max_queue=cfg.max_queue, quantize=cfg.quantize,
@@ -143,13 +155,19 @@ def run(args) -> int:
     registry.use_retrievers(per_model, every)
     app = create_app(registry, api_key=api_keys, max_body=cfg.max_body_bytes, service=service,
                      limits=Limits(max_n=cfg.max_n, max_prompts=cfg.max_prompts), max_uploads=cfg.max_uploads,
-                     graders_options=graders_options(cfg))
+                     graders_options=graders_options(cfg), metrics_route=cfg.metrics_port is None)
     for m in registry.models.values():
         rag = f", index {m.retriever.name!r}: top {m.retriever.k} chunks" if m.retriever else ""
         print(f"serving {m.id!r} (context {m.max_len} tokens{rag})", file=sys.stderr)
     if len(api_keys.projects) > 1:  # names only: a key is never printed
         print(f"projects (one per API key): {', '.join(api_keys.projects)}", file=sys.stderr)
     print(f"OpenAI-compatible API at http://{cfg.host}:{cfg.port}/v1", file=sys.stderr)
+    if cfg.metrics_port is not None:
+        from tailor.serve import metrics
+
+        metrics.serve_separately(app.state.meter, cfg.metrics_host or cfg.host, cfg.metrics_port)
+        print(f"Prometheus metrics at http://{cfg.metrics_host or cfg.host}:{cfg.metrics_port}/metrics (no key)",
+              file=sys.stderr)
     # uvicorn drains requests on SIGTERM, then re-raises the signal to the previous handler:
     # make that a no-op so a requested shutdown exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
@@ -201,6 +219,29 @@ def graders_options(cfg: ServeConfig) -> dict:
         raise UsageError(f"--grader-url {cfg.grader_url!r}: give an http(s) URL ending in /v1.")
     return {"external": ExternalSampler(cfg.grader_url) if cfg.grader_url else None,
             "python_limits": PythonLimits(max_concurrent=cfg.python_graders)}
+
+
+def webhook_options(cfg: ServeConfig) -> dict:
+    """The operator's webhook settings, for tailor.service.webhooks.Webhooks."""
+    import ipaddress
+
+    from tailor.errors import UsageError
+
+    secret = os.environ.get("TAILOR_WEBHOOK_SECRET")
+    if cfg.webhook_secret_file:
+        try:
+            secret = open(os.path.expanduser(cfg.webhook_secret_file)).read().strip()
+        except OSError as exc:
+            raise UsageError(f"--webhook-secret-file {cfg.webhook_secret_file}: cannot read it ({exc.strerror}).") \
+                from exc
+    nets = cfg.webhook_allow_network or []
+    for net in nets:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise UsageError(f"--webhook-allow-network {net!r}: not a network ({exc}); give a CIDR like "
+                             "10.0.0.0/8.") from exc
+    return {"operator_urls": cfg.webhook or [], "operator_secret": secret, "allow_networks": nets}
 
 
 def open_retrievers(cfg: ServeConfig, ids: list[str]) -> tuple[dict, object]:

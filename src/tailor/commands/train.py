@@ -10,6 +10,7 @@ the run's plan is refused, see tailor.train.session.RESUME_REFUSES). Exit status
 
 from __future__ import annotations
 
+import argparse
 import signal
 
 from tailor import config
@@ -21,7 +22,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("config_file", nargs="?", metavar="CONFIG.yaml",
                         help="A YAML file of config keys (see examples/*.yaml); flags override it.")
     parser.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
-    config.add_arguments(parser, TrainConfig)
+    config.add_arguments(parser, TrainConfig, skip=("report_to",))
+    parser.add_argument("--report-to", action="append", dest="report_to", default=argparse.SUPPRESS,
+                        metavar="TRACKER", help=config.field_docs(TrainConfig)["report_to"])
 
 
 def run(args) -> int:

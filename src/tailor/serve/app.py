@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tailor.serve import chat, completions, dashboard, errors
+from tailor.serve import chat, completions, dashboard, errors, metrics, webhooks
 from tailor.serve.errors import APIError, model_not_found
 from tailor.serve.registry import Registry, Unavailable
 from tailor.serve.schemas import ChatRequest, CompletionRequest
@@ -130,10 +130,11 @@ async def _reply(send, status: int, message: str, code: str) -> None:
 
 def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_body: int = MAX_BODY_BYTES,
                service=None, limits: Limits | None = None, max_uploads: int = 4,
-               graders_options: dict | None = None) -> FastAPI:
+               graders_options: dict | None = None, metrics_route: bool = True) -> FastAPI:
     """`api_key`: one key (project `default`), or a Keyring of several, one project each;
     `max_uploads`: file uploads streaming at once, server-wide; `graders_options`:
-    tailor.serve.graders.install's keywords (the operator's grader endpoint, python limits)."""
+    tailor.serve.graders.install's keywords (the operator's grader endpoint, python limits);
+    `metrics_route`: GET /metrics on this app, behind the key (off when --metrics-port serves it)."""
     limits = limits or Limits()
     keys = Keyring({api_key: DEFAULT_PROJECT}) if isinstance(api_key, str) else api_key or Keyring()
 
@@ -154,7 +155,9 @@ def create_app(registry: Registry, *, api_key: str | Keyring | None = None, max_
         from tailor.serve import finetune
 
         finetune.install(app, service, registry, max_uploads=max_uploads)
+        webhooks.install(app)  # a project's webhook endpoints, /v1/tailor/webhooks
     dashboard.install(app)  # the web page at / and its /v1/tailor extensions
+    metrics.install(app, registry, service, projects=len(keys.projects), route=metrics_route)  # app.state.meter
     from tailor.serve import graders
 
     graders.install(app, registry, service, **(graders_options or {}))  # graders/run, /v1/evals

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from tailor.infer.engine import Event, QueueFull, Request
 from tailor.infer.sampling import SamplingParams
+from tailor.serve import metrics
 from tailor.serve.errors import APIError, envelope, server_failure
 
 RETRY_AFTER_S = 1  # what a 429 tells the client to wait: a slot frees every few decode steps
@@ -54,6 +55,7 @@ class Jobs:
             self.requests.append(Request(prompt, params, served.adapter, project=current_project.get(),
                                          on_event=deliver, tokenizer=served.tokenizer))
         self.pending = len(self.requests)
+        metrics.watch(served, self.requests)  # timed for /metrics (first token, end): before the engine has them
         try:
             for req in self.requests:
                 self.engine.submit(req)

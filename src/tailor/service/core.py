@@ -14,6 +14,7 @@ from tailor.service.errors import ServiceError
 from tailor.service.keys import DEFAULT_PROJECT
 from tailor.service.policy import Policy
 from tailor.service.store import Store
+from tailor.service.webhooks import Webhooks
 from tailor.service.worker import Publisher, Worker
 
 # What every unknown or forbidden model reference gets, whatever exists on the server's disk.
@@ -26,12 +27,14 @@ class Service:
     def __init__(self, root: str | os.PathLike | None = None, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                  max_jobs: int = 1, lookup: Callable[[str, str], str | None] | None = None,
                  publish: Publisher | None = None, train_threads: int | None = None,
-                 policy: Policy | None = None, job_env: tuple[str, ...] = ()):
+                 policy: Policy | None = None, job_env: tuple[str, ...] = (), webhooks: dict | None = None):
         """`lookup(model_id, project)` gives the reference behind a model id that project may
         use (or None); `publish(ref, model_id, owner)` starts serving a trained model;
         `train_threads` bounds each training process's CPU threads (default: every core but the
         server's one); `policy` is what tenants may ask for; `job_env` names server environment
-        variables a job's process may see besides the safe ones (service/procs.py)."""
+        variables a job's process may see besides the safe ones (service/procs.py); `webhooks`:
+        keyword arguments of service.webhooks.Webhooks (the operator's endpoints and secret, the
+        networks tenants' endpoints may reach, the retry schedule)."""
         if max_jobs < 1 or max_upload_bytes < 1:
             raise UsageError(f"--max-jobs ({max_jobs}) and --max-upload-mb must be at least 1.")
         if train_threads is not None and train_threads < 1:
@@ -42,14 +45,21 @@ class Service:
         self.lookup = lookup or (lambda model_id, project: None)
         self.worker = Worker(self.store, max_jobs=max_jobs, publish=publish, train_threads=train_threads,
                              policy=self.policy, job_env=job_env)
+        try:
+            self.webhooks = Webhooks(self.store, **(webhooks or {}))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        self.worker.on_end = self.webhooks.job_ended
 
     def start(self) -> None:
         for job in self.store.all("jobs", where={"status": "succeeded"}):
             self.worker.publish_job(job)  # a restarted server serves every model it made before
         self.worker.start()  # which first resumes the jobs a previous server left running
+        self.webhooks.start()  # deliveries a previous server left pending go out too
 
     def stop(self) -> None:
         self.worker.stop()
+        self.webhooks.stop()
 
     # ---- files ---------------------------------------------------------------------------
 
@@ -91,7 +101,10 @@ class Service:
         return jobs.listing(self.store, project, **query)
 
     def cancel_job(self, jid: str, project: str = DEFAULT_PROJECT) -> dict:
-        return jobs.public(jobs.cancel(self.store, project, jid))
+        job = jobs.cancel(self.store, project, jid)
+        if job["status"] == "cancelled":  # a queued or paused job; a running one ends in the worker
+            self.webhooks.job_ended(job)
+        return jobs.public(job)
 
     def pause_job(self, jid: str, project: str = DEFAULT_PROJECT) -> dict:
         return jobs.public(jobs.pause(self.store, project, jid))

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tailor.service import files, policy as tenancy
+from tailor.service import files, integrations, policy as tenancy
 from tailor.service.errors import ServiceError, invalid, not_found, rate_limited
 from tailor.service.store import Store, new_id
 
@@ -21,7 +21,9 @@ AUTO_BATCH_SIZE = 8  # tailor's own default micro-batch; OpenAI publishes no rul
 # TrainConfig fields a job sets itself; the `tailor` object may set any other.
 _RESERVED = {"data": "training_file", "val": "validation_file", "model": "model", "out": None, "resume": None,
              "seed": "seed", "epochs": "hyperparameters.n_epochs", "batch_size": "hyperparameters.batch_size",
-             "lr": "hyperparameters.learning_rate_multiplier"}
+             "lr": "hyperparameters.learning_rate_multiplier", "report_to": "integrations",
+             "run_name": "integrations", "tracker_project": "integrations", "tracker_tags": "integrations",
+             "tracker_entity": "integrations"}
 _SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 # model -> (training reference, name used in fine_tuned_model); raises ServiceError when unknown
@@ -51,13 +53,15 @@ def create(store: Store, project: str, req: dict, resolve_model: ModelResolver,
                 "learning_rate_multiplier": 1.0 if hyper["learning_rate_multiplier"] == "auto"
                 else hyper["learning_rate_multiplier"]}
     train_cfg = _train_config(ref, req.get("tailor"), resolved, seed, policy, project)
+    wired = integrations.parse(req.get("integrations"))
     jid = new_id("ftjob-")
+    train_cfg.update(integrations.train_settings(wired, jid, model))
     now = int(time.time())
     job = {"id": jid, "object": "fine_tuning.job", "created_at": now, "error": None, "fine_tuned_model": None,
            "finished_at": None, "hyperparameters": resolved, "model": model, "organization_id": f"org-{project}",
            "result_files": [], "seed": seed, "status": "validating_files", "trained_tokens": None,
            "training_file": train_file["id"], "validation_file": val_file["id"] if val_file else None,
-           "estimated_finish": None, "integrations": [], "metadata": metadata, "user_provided_suffix": suffix,
+           "estimated_finish": None, "integrations": wired, "metadata": metadata, "user_provided_suffix": suffix,
            "method": {"type": "supervised", "supervised": {"hyperparameters": resolved}},
            "_train": train_cfg, "_model_name": f"ft:{base_name}:{project}:{suffix or ''}:{jid[6:14]}",
            "_project": project}

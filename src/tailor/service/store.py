@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _ALPHABET = string.ascii_letters + string.digits
-KINDS = ("files", "jobs", "events", "checkpoints", "evals", "eval_runs", "eval_items")
+KINDS = ("files", "jobs", "events", "checkpoints", "evals", "eval_runs", "eval_items", "webhooks", "deliveries")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS eval_runs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id 
     project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS eval_items (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
     project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS webhooks (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
+    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
+    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS deliveries_parent ON deliveries (parent, seq);
 CREATE INDEX IF NOT EXISTS events_parent ON events (parent, seq);
 CREATE INDEX IF NOT EXISTS eval_runs_parent ON eval_runs (parent, seq);
 CREATE INDEX IF NOT EXISTS eval_items_parent ON eval_items (parent, seq);
@@ -58,8 +63,9 @@ def default_root() -> Path:
 
 class Store:
     """Rows of several kinds (files, jobs, events, checkpoints, evals, eval runs and their output
-    items), each owned by a project; `parent` ties an event or checkpoint to its job, a run to its
-    eval, an output item to its run. Bodies are dicts; `put` inserts or replaces."""
+    items, webhook endpoints and their deliveries), each owned by a project; `parent` ties an event
+    or checkpoint to its job, a run to its eval, an output item to its run, a delivery to its
+    endpoint. Bodies are dicts; `put` inserts or replaces."""
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_root()
@@ -180,6 +186,29 @@ class Store:
     def all(self, kind: str, **filters) -> list[dict]:
         """Every matching row, oldest first."""
         return self.page(kind, limit=1 << 30, newest_first=False, **filters)[0]
+
+    def count_by(self, kind: str, key: str) -> dict:
+        """How many rows have each value of the top-level body field `key` (e.g. jobs per status)."""
+        assert kind in KINDS
+        with self._lock:
+            rows = self._db.execute(f"SELECT json_extract(body, ?), COUNT(*) FROM {kind} GROUP BY 1",
+                                    ("$." + key,)).fetchall()
+        return dict(rows)
+
+    def last_seq(self, kind: str) -> int:
+        """The newest row's sequence number (0 when there is none): where `since` starts."""
+        assert kind in KINDS
+        with self._lock:
+            return self._db.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {kind}").fetchone()[0]
+
+    def since(self, kind: str, seq: int, limit: int = 100_000) -> tuple[list[dict], int]:
+        """Bodies of the rows added after sequence number `seq`, oldest first, and the last one's
+        number: for watchers that read only what is new."""
+        assert kind in KINDS
+        with self._lock:
+            rows = self._db.execute(f"SELECT seq, body FROM {kind} WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (seq, limit)).fetchall()
+        return [json.loads(b) for _, b in rows], rows[-1][0] if rows else seq
 
     def project_of(self, kind: str, id_: str) -> str | None:
         with self._lock:

@@ -113,6 +113,7 @@ class Worker:
         self.stop_timeout = stop_timeout  # how long a stopping server waits for each job's checkpoint
         self.runs: dict[str, _Run] = {}
         self._last_start: dict[str, float] = {}  # project -> when its last job started (round-robin)
+        self.on_end: Callable[[dict], None] | None = None  # told of each job that succeeded, failed or was cancelled
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -378,18 +379,23 @@ class Worker:
     def _fail(self, job: dict, message: str, code: str) -> None:
         message = scrub(message)
         with self.store.transaction():
-            if self.store.transition("jobs", job["id"], jobs.ACTIVE, status="failed", finished_at=int(time.time()),
-                                     error={"code": code, "message": message, "param": None}) is not None:
+            done = self.store.transition("jobs", job["id"], jobs.ACTIVE, status="failed", finished_at=int(time.time()),
+                                         error={"code": code, "message": message, "param": None})
+            if done is not None:
                 jobs.event(self.store, job, f"Fine-tuning job failed: {message}", level="error")
+        if done is not None:
+            self._ended(job["id"])
 
     def _stopped(self, job: dict, status: str) -> None:
         """A job whose process stopped because it was asked to: cancelled, or paused (it keeps
         its checkpoints, and `resume` queues it again)."""
         fields = {"finished_at": int(time.time())} if status == "cancelled" else {"_pause": False}
         with self.store.transaction():
-            if self.store.transition("jobs", job["id"], ("running",), status=status, _signalled=False,
-                                     **fields) is not None:
+            done = self.store.transition("jobs", job["id"], ("running",), status=status, _signalled=False, **fields)
+            if done is not None:
                 jobs.event(self.store, job, f"Fine-tuning job {status}")
+        if done is not None:
+            self._ended(job["id"])
 
     def _succeed(self, run: _Run, job: dict, final: Path) -> None:
         from tailor.service import files
@@ -402,9 +408,21 @@ class Worker:
             jobs.event(self.store, job, f"New fine-tuned model created: {name}")
         self.publish_job(self.store.get("jobs", job["id"]))
         with self.store.transaction():
-            if self.store.transition("jobs", job["id"], ("running",), status="succeeded", finished_at=int(time.time()),
-                                     fine_tuned_model=name) is not None:
+            done = self.store.transition("jobs", job["id"], ("running",), status="succeeded",
+                                         finished_at=int(time.time()), fine_tuned_model=name)
+            if done is not None:
                 jobs.event(self.store, job, "The job has successfully completed")
+        if done is not None:
+            self._ended(job["id"])
+
+    def _ended(self, job_id: str) -> None:
+        """Tell `on_end` (the webhooks) of a job that has just stopped, when it reached a final status."""
+        job = self.store.get("jobs", job_id)
+        if self.on_end is not None and job["status"] in jobs.FINAL:
+            try:
+                self.on_end(job)
+            except Exception:  # a notification never fails a job
+                log.exception("could not queue the webhooks of %s", job_id)
 
     def publish_job(self, job: dict) -> None:
         """Serve a finished job's model and its kept checkpoints (at success, and at every start)."""

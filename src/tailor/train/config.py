@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from tailor.errors import UsageError
@@ -97,6 +97,16 @@ class TrainConfig:
     """Keep only the newest this many checkpoints."""
     push_to_hub: str | None = None
     """Push final/ to this Hugging Face Hub repo (OWNER/NAME) when training ends, like `tailor push` (the token is checked before training)."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers that get every logged step, the evaluations, the config and the final model's path: none, tensorboard (OUT/tensorboard/), trackio, wandb, mlflow, or all installed ones; repeat it or separate with commas. Each is an optional extra: pip install 'tailor[tensorboard]'."""
+    run_name: str | None = None
+    """The run's name in the trackers (default: the --out folder's name)."""
+    tracker_project: str | None = None
+    """The trackers' project (W&B project, MLflow experiment, Trackio project; default: $WANDB_PROJECT, $MLFLOW_EXPERIMENT_NAME or $TRACKIO_PROJECT, else tailor)."""
+    tracker_tags: list[str] | None = None
+    """Tags for the run in W&B and MLflow (comma-separated)."""
+    tracker_entity: str | None = None
+    """The W&B entity (team or user) that owns the run (default: $WANDB_ENTITY, else your default entity)."""
 
     dtype: str = "auto"
     """auto (bf16 where fast, fp16 with loss scaling on a CUDA GPU without bf16, else fp32; master weights fp32), float32, bfloat16 or float16."""
@@ -152,6 +162,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.parallel == "fsdp" and cfg.method != "full":
         problems.append("parallel: fsdp shards a full fine-tune; a LoRA run (--method lora) trains few weights and "
                         "fits on every process: use --parallel ddp")
+    from tailor.train import trackers
+
+    problems += trackers.problems(cfg.report_to)
     if problems:
         raise UsageError("Invalid training config:\n  " + "\n  ".join(problems))
     return cfg

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from tailor.errors import TailorError, UsageError
-from tailor.train import checkpoint, distributed, memory, outputs
+from tailor.train import checkpoint, distributed, memory, outputs, trackers
 from tailor.train.batches import plan_epoch
 from tailor.train.config import TrainConfig, env_overrides, global_batch, resolve, to_dict
 from tailor.train.loop import Position, TrainResult, epochs_total, peak_rss_mb
@@ -47,7 +47,7 @@ def _latest_or_error(out_dir: Path) -> Path:
 RESUME_SAFE = (
     # Reporting and bookkeeping: what is logged, evaluated, sampled, kept or pushed, never an update.
     "log_every", "eval_every", "eval_samples", "sample_max_tokens", "save_every", "keep_checkpoints",
-    "push_to_hub",
+    "push_to_hub", "report_to", "run_name", "tracker_project", "tracker_tags", "tracker_entity",
     # The run's length: each epoch's plan depends on the epoch number alone, so the saved position
     # stays valid when a run is extended (never below the steps done, see _length_problems); the
     # lr schedule is stretched over the new length (with `schedule: constant` the extended run
@@ -186,12 +186,9 @@ class Session:
         self.position = Position()
         if ckpt is None:
             if self.is_main:
-                self.metrics = outputs.JsonLines(self.out / "metrics.jsonl")
-                self.evals = outputs.JsonLines(self.out / "eval.jsonl")
                 note = f"global batch: {global_batch(self.cfg, self.world)}"
                 outputs.save_config(self.out, to_dict(self.cfg), note=note)
-            else:
-                self.metrics = self.evals = outputs.Discard()
+            self._open_logs(rewind_to=None)
             self.last_val, self.last_saved, self.last_eval = {}, -1, -1
             return
         meta = checkpoint.read_meta(ckpt)
@@ -201,14 +198,23 @@ class Session:
         checkpoint.load_state(ckpt, self.optimizer, self.scheduler, rank=self.rank, scaler=self.precision.scaler,
                               model=self.model)
         self.position = Position(**meta["position"])
-        if self.is_main:
-            self.metrics = outputs.JsonLines(self.out / "metrics.jsonl", rewind_to=self.position.step)
-            self.evals = outputs.JsonLines(self.out / "eval.jsonl", rewind_to=self.position.step)
-        else:
-            self.metrics = self.evals = outputs.Discard()
+        self._open_logs(rewind_to=self.position.step)
         self.last_val, self.last_saved, self.last_eval = meta.get("val", {}), self.position.step, -1
         self._say(f"resumed from {ckpt} at step {self.position.step} (epoch {self.position.epoch}, "
                   f"{self.position.index} steps into it)")
+
+    def _open_logs(self, rewind_to: int | None) -> None:
+        """metrics.jsonl and eval.jsonl (rewound to a resumed checkpoint's step), each record also
+        sent to the --report-to trackers; only rank 0 writes them."""
+        if not self.is_main:
+            self.metrics = self.evals = outputs.Discard()
+            self.trackers = trackers.Trackers()
+            return
+        self.trackers = trackers.start(self.cfg, self.out, rewind_to)
+        self.metrics = trackers.Reported(outputs.JsonLines(self.out / "metrics.jsonl", rewind_to=rewind_to),
+                                         self.trackers, "train")
+        self.evals = trackers.Reported(outputs.JsonLines(self.out / "eval.jsonl", rewind_to=rewind_to),
+                                       self.trackers, "eval")
 
     def plan(self, epoch: int):
         return self._plans(epoch)
@@ -306,6 +312,7 @@ class Session:
         linked = saved if self.cfg.method == "full" and same else None
         final = outputs.write_final(self.out, model, self.tokenizer, stop_ids=self.data.prepared.stop_token_ids,
                                     card=card, method=self.cfg.method, weights_from=linked)
+        self.trackers.finish(str(final.resolve()))
         self.progress.say(f"done: {final} (metrics {self.out / 'metrics.jsonl'}, curve {self.out / 'loss.png'})")
 
     def _data_stats(self) -> dict:
@@ -333,6 +340,8 @@ class Session:
                            samples=getattr(self, "last_samples", []))
 
     def close(self) -> None:
+        if hasattr(self, "trackers"):
+            self.trackers.finish(None)  # an interrupted or failed run; after finish() a no-op
         if hasattr(self, "progress"):
             self.progress.close()
         if hasattr(self, "_collector"):
