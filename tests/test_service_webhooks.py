@@ -221,3 +221,24 @@ def test_tailor_serve_refuses_bad_webhook_flags_before_loading_models(tmp_path, 
     run = subprocess.run([sys.executable, "-m", "tailor.cli", "serve", "/nonexistent/model", "--state",
                           str(tmp_path / "state"), *args], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and words in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+
+
+def test_an_eval_run_that_ends_sends_eval_run_succeeded_to_its_project_only(server):
+    rx, other = Receiver(), Receiver()
+    ep = _http(server, "POST", "", "sk-bob", json={"url": rx.url, "events": ["eval.run.succeeded"]}).json()
+    ep2 = _http(server, "POST", "", "sk-alice", json={"url": other.url}).json()
+    bob = _client(server, "sk-bob")
+    ev = bob.evals.create(name="exact", data_source_config={"type": "custom", "item_schema": {
+        "type": "object", "properties": {"a": {"type": "string"}}}, "include_sample_schema": False},
+        testing_criteria=[{"type": "string_check", "name": "is-yes", "operation": "eq",
+                           "input": "{{item.a}}", "reference": "yes"}])
+    run = bob.evals.runs.create(ev.id, data_source={"type": "jsonl", "source": {
+        "type": "file_content", "content": [{"item": {"a": "yes"}}, {"item": {"a": "no"}}]}})
+    rx.wait(1)
+    (event,) = rx.events(ep["secret"])
+    assert event.type == "eval.run.succeeded" and event.data.id == run.id
+    assert bob.evals.runs.retrieve(run.id, eval_id=ev.id).result_counts.passed == 1
+    time.sleep(0.5)
+    assert [e for e in other.events(ep2["secret"]) if e.type.startswith("eval.")] == []  # alice's endpoint: nothing
+    for key, e in (("sk-bob", ep), ("sk-alice", ep2)):
+        _http(server, "DELETE", f"/{e['id']}", key)

@@ -38,8 +38,9 @@ def install(app: FastAPI, registry, service=None, *, external=None, python_limit
     app.include_router(router)
     runner = None
     if service is not None:
-        runner = eval_runs.Runner(service.store, state.sampler_for, state.python_pool)
-        state.eval_runner = runner  # runner.on_run_end: where an eval.run webhook is sent from
+        runner = eval_runs.Runner(service.store, state.sampler_for, state.python_pool,
+                                  on_run_end=service.webhooks.eval_run_ended)  # eval.run.* webhooks
+        state.eval_runner = runner
         app.include_router(evals_router)
     inner = app.router.lifespan_context
 

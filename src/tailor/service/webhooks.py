@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 JOB_EVENTS = {"succeeded": "fine_tuning.job.succeeded", "failed": "fine_tuning.job.failed",
               "cancelled": "fine_tuning.job.cancelled"}
-EVAL_EVENTS = ("eval.run.succeeded", "eval.run.failed", "eval.run.canceled")  # OpenAI spells this one with one l
+EVAL_RUN_EVENTS = {"completed": "eval.run.succeeded", "failed": "eval.run.failed", "canceled": "eval.run.canceled"}
+EVAL_EVENTS = tuple(EVAL_RUN_EVENTS.values())  # OpenAI spells "canceled" with one l here
 EVENT_TYPES = (*JOB_EVENTS.values(), *EVAL_EVENTS)
 MAX_ENDPOINTS = 16  # per project
 
@@ -131,6 +132,12 @@ class Webhooks:
         kind = JOB_EVENTS.get(job.get("status"))
         if kind is not None:
             self.emit(job["_project"], kind, job["id"])
+
+    def eval_run_ended(self, run: dict, project: str) -> None:
+        """An eval run reached completed, failed or canceled (the eval runner's on_run_end)."""
+        kind = EVAL_RUN_EVENTS.get(run.get("status"))
+        if kind is not None:
+            self.emit(project, kind, run["id"])
 
     def emit(self, project: str, event_type: str, object_id: str) -> dict | None:
         """Queue `event_type` about `object_id` (a job id, an eval run id) for the operator's
