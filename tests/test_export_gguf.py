@@ -282,8 +282,9 @@ STRINGS = ["Hello world", "  two  spaces", "\n\n\tTabs\tand\nnewlines\n", "3.141
            "I've been 'told he's there", "a" * 40, "      ", "x = [1, 2, 3]; y = {'a': 1}"]
 
 
+@pytest.mark.needs("llama_cpp")
 def test_llama_cpp_loads_tiny_and_tokenises_like_hf(lively, tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[gguf]')")
+    import llama_cpp
     import numpy as np
     from transformers import AutoTokenizer
 
@@ -362,8 +363,9 @@ def test_real_model_q8_0_top1(real, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.needs("llama_cpp")
 def test_real_model_llama_cpp_tokenises_like_hf(real):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[gguf]')")
+    import llama_cpp
     from transformers import AutoTokenizer
 
     folder, gguf_path = real
@@ -374,8 +376,9 @@ def test_real_model_llama_cpp_tokenises_like_hf(real):
 
 
 @pytest.mark.integration
+@pytest.mark.needs("llama_cpp")
 def test_real_model_llama_cpp_greedy_equals_tailor(real):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[gguf]')")
+    import llama_cpp
     import numpy as np
     import torch
 
