@@ -257,7 +257,7 @@ def test_sigterm_to_one_rank_stops_every_rank_with_a_checkpoint(root, tiny_model
     assert f"stopped at step 2; checkpoint saved. Resume with:\n  tailor train --resume {out}" in proc.stderr
     # torchrun's report: the first rank out exits 143 (128 + SIGTERM, tailor's own stop); torchrun
     # then sends SIGTERM to the other, already past the checkpoint and leaving, which may show -15
-    codes = dict(re.findall(r"rank\s*: (\d+) \(local_rank.*?\n.*?exitcode\s*: (-?\d+)", proc.stderr, re.S))
+    codes = dict(re.findall(r"rank\s*: (\d+) \(local_rank.*?\n.*?exitcode\s*: (-?\d+)", proc.stderr, re.DOTALL))
     assert set(codes) == {"0", "1"} and "143" in codes.values() and set(codes.values()) <= {"143", "-15"}, codes
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-000002"] and not (out / "final").exists()
     meta = json.loads((out / "checkpoint-000002" / "meta.json").read_text())
