@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from trainkit import write_chat_jsonl
-from servekit import serving
+from servekit import assert_serves_folder, served_greedy, serving
 from tiny import save_tiny
 
 KEY = "sk-test-key"
@@ -144,16 +144,19 @@ def test_files_that_cannot_train_are_400(client, train_file):
 
 # ---- a whole job -----------------------------------------------------------------------------
 
+HELLO = [{"role": "user", "content": "hello"}]
+
 
 def test_a_job_trains_reports_and_its_model_answers_at_once(client, train_file, server):
+    # lr x50: three steps teach the tiny model the data's "Ahoy", so its answer is not its base's
     job = client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id, suffix="pirate", seed=7,
                                          metadata={"run": "walkthrough"},
                                          method={"type": "supervised", "supervised": {"hyperparameters": {
-                                             "n_epochs": "auto", "batch_size": 4, "learning_rate_multiplier": 2}}},
+                                             "n_epochs": "auto", "batch_size": 4, "learning_rate_multiplier": 50}}},
                                          extra_body={"tailor": {**FAST, "save_every": 2}})
     assert job.id.startswith("ftjob-") and job.status in ("queued", "running") and job.seed == 7
     assert job.hyperparameters.n_epochs == 8  # "auto" for 12 examples: min(25, 100 // 12)
-    assert job.hyperparameters.batch_size == 4 and job.hyperparameters.learning_rate_multiplier == 2
+    assert job.hyperparameters.batch_size == 4 and job.hyperparameters.learning_rate_multiplier == 50
     assert job.metadata == {"run": "walkthrough"}
     done = _wait(client, job.id)
     assert done.status == "succeeded", done.error
@@ -180,10 +183,14 @@ def test_a_job_trains_reports_and_its_model_answers_at_once(client, train_file, 
 
     cards = {m.id: m for m in client.models.list()}
     assert cards[done.fine_tuned_model].owned_by == "default"
-    for model in (done.fine_tuned_model, ckpts[-1].fine_tuned_model_checkpoint):
-        r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}],
-                                           max_tokens=4, temperature=0)
-        assert r.model == model and r.usage.completion_tokens >= 1
+    out = server["service"].store.root / "jobs" / job.id / "out"
+    ckpt = min(ckpts, key=lambda c: c.step_number)
+    base = served_greedy(client, "tiny", HELLO, 8)
+    final = assert_serves_folder(client, done.fine_tuned_model, out / "final", HELLO)
+    early = assert_serves_folder(client, ckpt.fine_tuned_model_checkpoint, out / f"checkpoint-{ckpt.step_number:06d}",
+                                 HELLO)
+    assert final[0] != base[0] and early[0] != base[0], "a fine-tune answers as its base does"
+    assert early[1] != pytest.approx(final[1], abs=1e-3)  # the checkpoint is its own step's weights
 
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"run": "walkthrough"})] == [job.id]
     again = client.fine_tuning.jobs.create(model=done.fine_tuned_model, training_file=train_file.id, suffix="more",
@@ -191,9 +198,9 @@ def test_a_job_trains_reports_and_its_model_answers_at_once(client, train_file, 
     again = _wait(client, again.id)
     assert again.status == "succeeded", again.error
     assert again.fine_tuned_model.startswith("ft:tiny:default:more:")
-    r = client.chat.completions.create(model=again.fine_tuned_model, messages=[{"role": "user", "content": "hi"}],
-                                       max_tokens=2)
-    assert r.usage.completion_tokens >= 1
+    on_top = assert_serves_folder(client, again.fine_tuned_model,
+                                  server["service"].store.root / "jobs" / again.id / "out" / "final", HELLO)
+    assert on_top[1] != pytest.approx(final[1], abs=1e-3)  # its own LoRA, on top of the first one's
     with pytest.raises(openai.BadRequestError):
         client.fine_tuning.jobs.cancel(job.id)  # finished: a 400, never a retried 409
 
