@@ -1,6 +1,7 @@
 """Headless Chromium from the Debian packages, driven by Selenium through Debian's chromedriver:
-for the dashboard's browser tests and docs/screenshots.py. Nothing is downloaded: the driver's
-path is given, and Selenium Manager is told to stay offline."""
+for the dashboard's browser tests and docs/screenshots.py. Both are found on PATH, where .ci/run
+looks for them. Nothing is downloaded: the driver's path is given, and Selenium Manager is told
+to stay offline."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import shutil
 import tempfile
 import time
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+BINARIES = ("chromium", "chromedriver")  # Debian's packages chromium and chromium-driver
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--window-size=1280,900"]
@@ -22,9 +23,9 @@ def missing() -> str | None:
         import selenium  # noqa: F401
     except ImportError:
         return "selenium is not installed (pip install -e '.[test]')"
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not os.access(path, os.X_OK):
-            return f"{path} is missing (apt-get install chromium chromium-driver)"
+    for name in BINARIES:
+        if shutil.which(name) is None:
+            return f"{name} is not on PATH (apt-get install chromium chromium-driver)"
     return None
 
 
@@ -37,10 +38,10 @@ def chromium():
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never try to fetch a browser or driver
     profile = tempfile.mkdtemp(prefix="tailor-chromium-")
     opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
+    opts.binary_location = shutil.which("chromium")
     for flag in FLAGS + [f"--user-data-dir={profile}"]:
         opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver = webdriver.Chrome(service=Service(executable_path=shutil.which("chromedriver")), options=opts)
     try:
         yield driver
     finally:

@@ -282,8 +282,9 @@ STRINGS = ["Hello world", "  two  spaces", "\n\n\tTabs\tand\nnewlines\n", "3.141
            "I've been 'told he's there", "a" * 40, "      ", "x = [1, 2, 3]; y = {'a': 1}"]
 
 
+@pytest.mark.needs("llama_cpp")
 def test_llama_cpp_loads_tiny_and_tokenises_like_hf(lively, tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[gguf]')")
+    import llama_cpp
     import numpy as np
     from transformers import AutoTokenizer
 
@@ -300,13 +301,54 @@ def test_llama_cpp_loads_tiny_and_tokenises_like_hf(lively, tmp_path):
     assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max() + 1e-3
 
 
-# ---------------------------------------------------------------------------------------------
-# the real default model (integration): tailor's q8_0 round trip, and llama.cpp against tailor
-
 CHATS = [[{"role": "user", "content": "What is the capital of France?"}],
          [{"role": "system", "content": "Answer like a pirate."}, {"role": "user", "content": "How are you today?"}],
          [{"role": "user", "content": "Write a haiku about the sea."}]]
 
+
+def _llama_cpp_greedy(llm, ids: list[int], n: int) -> list[int]:
+    """llama.cpp's own greedy continuation: the argmax of its logits, fed back, n times."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    got = []
+    for _ in range(n):
+        got.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([got[-1]])
+    return got
+
+
+def _tailor_greedy(folder, prompts: list[list[int]], n: int) -> list[list[int]]:
+    """tailor's engine (what `tailor serve` and `chat` run), greedy, n tokens, no stop tokens."""
+    from tailor.infer.engine import generate_ids
+    from tailor.infer.loading import load_engine
+    from tailor.infer.sampling import SamplingParams
+
+    engine = load_engine(str(folder), dtype="float32", device="cpu").engine
+    return [list(generate_ids(engine, ids, SamplingParams(max_new_tokens=n, temperature=0))) for ids in prompts]
+
+
+@pytest.mark.needs("llama_cpp")
+def test_llama_cpp_greedy_equals_tailors_engine(lively, tmp_path):
+    """The exported file, run by llama.cpp, continues chats as tailor's engine does, token for token.
+    (The closest top-2 call on these 72 steps is 0.003 apart in logits of ~4; f32 llama.cpp and
+    torch differ by ~1e-5.)"""
+    import llama_cpp
+
+    from tailor.export.ollama import render_jinja
+
+    out = _export(lively, tmp_path / "m.gguf", quant="f32")
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+    prompts = [llm.tokenize(render_jinja(llm.metadata["tokenizer.chat_template"], chat).encode(), add_bos=False,
+                            special=True) for chat in CHATS]
+    want = _tailor_greedy(lively, prompts, 24)
+    assert all(len(set(w)) > 12 for w in want)  # the lively model wanders: a wrong token shows
+    assert [_llama_cpp_greedy(llm, ids, 24) for ids in prompts] == want
+
+
+# ---------------------------------------------------------------------------------------------
+# the real default model (integration): tailor's q8_0 round trip, and llama.cpp against tailor
 
 def _strings(n: int = 200) -> list[str]:
     """Seeded mixes of words, digits, unicode, punctuation and whitespace runs."""
@@ -362,8 +404,9 @@ def test_real_model_q8_0_top1(real, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.needs("llama_cpp")
 def test_real_model_llama_cpp_tokenises_like_hf(real):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[gguf]')")
+    import llama_cpp
     from transformers import AutoTokenizer
 
     folder, gguf_path = real
@@ -374,31 +417,27 @@ def test_real_model_llama_cpp_tokenises_like_hf(real):
 
 
 @pytest.mark.integration
+@pytest.mark.needs("llama_cpp")
 def test_real_model_llama_cpp_greedy_equals_tailor(real):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[gguf]')")
-    import numpy as np
-    import torch
+    """SmolLM2 exported f16: llama.cpp's greedy answers are tailor's engine's, for 32 tokens, with
+    the GGUF's own chat template rendering tailor's prompt ids."""
+    import llama_cpp
 
     from tailor import models
     from tailor.export.ollama import render_jinja
 
     folder, gguf_path = real
-    model, tok = models.load(str(folder), dtype="float32", device="cpu")
+    tok = models.load_tokenizer(str(folder))
     llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=512, n_threads=2, logits_all=True, verbose=False)
     template = llm.metadata["tokenizer.chat_template"]
     assert template == tok.chat_template
+    prompts = []
     for chat in CHATS:
-        prompt = render_jinja(template, chat)  # the GGUF's own template
-        ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        ids = llm.tokenize(render_jinja(template, chat).encode(), add_bos=False, special=True)  # the GGUF's own template
         assert ids == tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
-        with torch.no_grad():
-            want = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids):].tolist()
-        llm.reset()
-        llm.eval(ids)
-        got = []
-        for _ in range(len(want)):
-            got.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-            llm.eval([got[-1]])
+        prompts.append(ids)
+    for ids, want in zip(prompts, _tailor_greedy(folder, prompts, 32)):
+        got = _llama_cpp_greedy(llm, ids, 32)
         assert got == want, (tok.decode(got), tok.decode(want))
 
 

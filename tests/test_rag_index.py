@@ -15,7 +15,7 @@ from tailor.errors import TailorError
 from tailor.rag import Index, build_index
 from tailor.rag.chunking import chunk_sections, markdown_sections, read_sections, split_tokens
 from tailor.rag.embed import Embedder
-from tailor.rag.store import SQLiteStore, connect, sqlite_vec_problem
+from tailor.rag.store import SQLiteStore
 
 
 @pytest.fixture(scope="module")
@@ -218,11 +218,8 @@ def test_a_crash_mid_build_leaves_the_previous_index(tmp_path, embedder, monkeyp
     assert build_index([docs], tmp_path / "idx", progress=False).updated == ["docs/llamas.txt"]
 
 
+@pytest.mark.needs("sqlite_vec")
 def test_sqlite_vec_and_numpy_agree(corpus_index, tmp_path):
-    probe = connect(":memory:")
-    why = sqlite_vec_problem(probe)
-    if why:
-        pytest.skip(f"sqlite-vec cannot load in this Python: {why}")
     with Index.open(corpus_index) as index:
         vector = index.embedder.encode(["a fast comet"])[0]
         assert index.store.kind == "sqlite-vec"

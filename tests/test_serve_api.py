@@ -1,6 +1,7 @@
 """The OpenAI-compatible server, driven by the official `openai` client against a real uvicorn
 server on a free 127.0.0.1 port, serving a tiny model and a LoRA adapter on the same base."""
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -170,10 +171,35 @@ def test_raw_http_errors_keep_the_envelope(server):
     assert httpx.get(url + "/health").json()["status"] == "ok"
 
 
-def test_eight_concurrent_streams(client, server):
+def test_eight_concurrent_streams_are_decoded_in_one_batch(client, server, monkeypatch):
+    """Eight streams at once answer as they do one by one, and really share the decode steps: a
+    spy on the backend sees all eight rows in one call. (The first request's prefill waits until
+    the other seven are submitted, so they join its batch on any machine.)"""
     prompts = [f"Question {i}: what is {i} + {i}?" for i in range(8)]
     expected = [_chat(client, messages=[{"role": "user", "content": p}], max_tokens=16).choices[0].message.content
                 for p in prompts]
+    engine = server[1].get("tiny").engine
+    submit, prefill, decode = engine.submit, engine.backend.prefill, engine.backend.decode
+    submitted, all_in, batch_sizes = [], threading.Event(), []
+
+    def counting_submit(req):
+        out = submit(req)
+        submitted.append(req)
+        if len(submitted) == len(prompts):
+            all_in.set()
+        return out
+
+    def held_prefill(*args, **kw):
+        assert all_in.wait(30), f"only {len(submitted)} of {len(prompts)} requests arrived"
+        return prefill(*args, **kw)
+
+    def spied_decode(slots, *args, **kw):
+        batch_sizes.append(len(slots))
+        return decode(slots, *args, **kw)
+
+    monkeypatch.setattr(engine, "submit", counting_submit)
+    monkeypatch.setattr(engine.backend, "prefill", held_prefill)
+    monkeypatch.setattr(engine.backend, "decode", spied_decode)
 
     def stream(p):
         chunks = _chat(client, messages=[{"role": "user", "content": p}], max_tokens=16, stream=True)
@@ -182,6 +208,7 @@ def test_eight_concurrent_streams(client, server):
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(stream, prompts))
     assert got == expected
+    assert max(batch_sizes) == len(prompts), batch_sizes
 
 
 def test_client_disconnect_frees_the_slot(server):

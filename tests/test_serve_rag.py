@@ -82,17 +82,22 @@ def test_plain_response_names_its_sources_best_first(client):
 
 
 @pytest.mark.parametrize("model, style", [("tiny-rag", "system"), ("tiny-user", "user")])
-def test_the_prompt_holds_the_chunks_in_the_context_format(client, server, model, style):
+def test_the_prompt_holds_the_chunks_in_the_context_format(client, server, model, style, monkeypatch):
+    """The ids the engine is given are the rendering of rag.context's messages, token for token
+    (a count alone would pass with the chunks in another order, place or format)."""
     from tailor.rag.context import add_context
     from tailor.serve.chat import prompt_ids
 
     messages = [{"role": "user", "content": FRUIT}]
     served = server[1].get(model)
+    submitted = []
+    submit = served.engine.submit
+    monkeypatch.setattr(served.engine, "submit", lambda req: submitted.append(list(req.prompt)) or submit(req))
     on = _chat(client, model, max_tokens=1)
     off = _chat(client, model, max_tokens=1, extra_body={"tailor": {"rag": False}})
     hits = [SimpleNamespace(**s) for s in _ext(on)["sources"]]
-    assert on.usage.prompt_tokens == len(prompt_ids(served, add_context(messages, hits, style)))
-    assert off.usage.prompt_tokens == len(prompt_ids(served, messages))
+    assert submitted == [prompt_ids(served, add_context(messages, hits, style)), prompt_ids(served, messages)]
+    assert on.usage.prompt_tokens == len(submitted[0]) and off.usage.prompt_tokens == len(submitted[1])
     assert on.usage.prompt_tokens > off.usage.prompt_tokens + 20
     assert _ext(off) is None  # no retrieval, no field
 

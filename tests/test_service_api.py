@@ -3,13 +3,16 @@ uvicorn server on a free 127.0.0.1 port, serving a tiny model; jobs train it for
 in their own processes."""
 
 import json
+import subprocess
+import textwrap
 import time
+from pathlib import Path
 
 import openai
 import pytest
 
 from trainkit import write_chat_jsonl
-from servekit import serving
+from servekit import assert_serves_folder, served_greedy, serving
 from tiny import save_tiny
 
 KEY = "sk-test-key"
@@ -146,16 +149,19 @@ def test_files_that_cannot_train_are_400(client, train_file):
 
 # ---- a whole job -----------------------------------------------------------------------------
 
+HELLO = [{"role": "user", "content": "hello"}]
+
 
 def test_a_job_trains_reports_and_its_model_answers_at_once(client, train_file, server):
+    # lr x50: three steps teach the tiny model the data's "Ahoy", so its answer is not its base's
     job = client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id, suffix="pirate", seed=7,
                                          metadata={"run": "walkthrough"},
                                          method={"type": "supervised", "supervised": {"hyperparameters": {
-                                             "n_epochs": "auto", "batch_size": 4, "learning_rate_multiplier": 2}}},
+                                             "n_epochs": "auto", "batch_size": 4, "learning_rate_multiplier": 50}}},
                                          extra_body={"tailor": {**FAST, "save_every": 2}})
     assert job.id.startswith("ftjob-") and job.status in ("queued", "running") and job.seed == 7
     assert job.hyperparameters.n_epochs == 8  # "auto" for 12 examples: min(25, 100 // 12)
-    assert job.hyperparameters.batch_size == 4 and job.hyperparameters.learning_rate_multiplier == 2
+    assert job.hyperparameters.batch_size == 4 and job.hyperparameters.learning_rate_multiplier == 50
     assert job.metadata == {"run": "walkthrough"}
     done = _wait(client, job.id)
     assert done.status == "succeeded", done.error
@@ -182,10 +188,14 @@ def test_a_job_trains_reports_and_its_model_answers_at_once(client, train_file, 
 
     cards = {m.id: m for m in client.models.list()}
     assert cards[done.fine_tuned_model].owned_by == "default"
-    for model in (done.fine_tuned_model, ckpts[-1].fine_tuned_model_checkpoint):
-        r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}],
-                                           max_tokens=4, temperature=0)
-        assert r.model == model and r.usage.completion_tokens >= 1
+    out = server["service"].store.root / "jobs" / job.id / "out"
+    ckpt = min(ckpts, key=lambda c: c.step_number)
+    base = served_greedy(client, "tiny", HELLO, 8)
+    final = assert_serves_folder(client, done.fine_tuned_model, out / "final", HELLO)
+    early = assert_serves_folder(client, ckpt.fine_tuned_model_checkpoint, out / f"checkpoint-{ckpt.step_number:06d}",
+                                 HELLO)
+    assert final[0] != base[0] and early[0] != base[0], "a fine-tune answers as its base does"
+    assert early[1] != pytest.approx(final[1], abs=1e-3)  # the checkpoint is its own step's weights
 
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"run": "walkthrough"})] == [job.id]
     again = client.fine_tuning.jobs.create(model=done.fine_tuned_model, training_file=train_file.id, suffix="more",
@@ -193,9 +203,9 @@ def test_a_job_trains_reports_and_its_model_answers_at_once(client, train_file, 
     again = _wait(client, again.id)
     assert again.status == "succeeded", again.error
     assert again.fine_tuned_model.startswith("ft:tiny:default:more:")
-    r = client.chat.completions.create(model=again.fine_tuned_model, messages=[{"role": "user", "content": "hi"}],
-                                       max_tokens=2)
-    assert r.usage.completion_tokens >= 1
+    on_top = assert_serves_folder(client, again.fine_tuned_model,
+                                  server["service"].store.root / "jobs" / again.id / "out" / "final", HELLO)
+    assert on_top[1] != pytest.approx(final[1], abs=1e-3)  # its own LoRA, on top of the first one's
     with pytest.raises(openai.BadRequestError):
         client.fine_tuning.jobs.cancel(job.id)  # finished: a 400, never a retried 409
 
@@ -253,26 +263,98 @@ def test_a_job_whose_training_fails_ends_failed_with_the_reason(client, train_fi
     assert client.fine_tuning.jobs.list_events(job.id).data[0].level == "error"
 
 
-def test_pause_then_resume_continues_to_the_end_reporting_each_step_once(client, train_file):
-    job = client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id, hyperparameters={"batch_size": 2},
-                                         extra_body={"tailor": {**FAST, "max_steps": 12, "save_every": 2}})
-    deadline = time.time() + 120
-    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
-        assert time.time() < deadline
-        time.sleep(0.1)
+# A job's `tailor train` process with a hold at one step: after logging it, the run waits there
+# (up to 2 minutes) until it gets SIGTERM, so a pause or cancel lands mid-run on any machine. The
+# hold happens once per gate folder: `held` appears in it when the run is held.
+HOLD_DRIVER = textwrap.dedent("""
+    import signal, sys, time
+    from pathlib import Path
+    gate, at = Path(sys.argv.pop(1)), int(sys.argv.pop(1))
+    from tailor.train.session import Session
+    real_log = Session.log_step
+
+    def log_then_hold(self, record):
+        real_log(self, record)
+        if record["step"] != at or (gate / "held").exists():
+            return
+        got, handler = [], signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum) or handler(signum, frame))
+        (gate / "held").touch()
+        deadline = time.monotonic() + 120
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal.signal(signal.SIGTERM, handler)
+
+    Session.log_step = log_then_hold
+    from tailor.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.fixture
+def hold_at(monkeypatch, tmp_path):
+    """hold_at(step) -> the gate folder: from then on, the job processes the worker starts run
+    through HOLD_DRIVER (a subclass of Popen rewrites `python -m tailor.cli train ...`)."""
+    driver = tmp_path / "hold.py"
+    driver.write_text(HOLD_DRIVER)
+
+    def arm(step: int) -> Path:
+        gate = tmp_path / "gate"
+        gate.mkdir()
+
+        class HeldPopen(subprocess.Popen):
+            def __init__(self, args, *a, **kw):
+                if isinstance(args, list) and args[1:4] == ["-m", "tailor.cli", "train"]:
+                    args = [args[0], str(driver), str(gate), str(step), *args[3:]]
+                super().__init__(args, *a, **kw)
+
+        monkeypatch.setattr(subprocess, "Popen", HeldPopen)
+        return gate
+
+    return arm
+
+
+def _until(check, what: str, timeout: float = 120):
+    deadline = time.time() + timeout
+    while not check():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _step_losses(client, job_id) -> dict[int, list[float]]:
+    """Each training step's reported losses (a step reported twice would show two)."""
+    losses: dict[int, list[float]] = {}
+    for e in client.fine_tuning.jobs.list_events(job_id, limit=100).data:
+        if e.type == "metrics" and "train_loss" in e.data:
+            losses.setdefault(e.data["step"], []).append(e.data["train_loss"])
+    return losses
+
+
+def test_pause_then_resume_continues_exactly_reporting_each_step_once(client, train_file, hold_at):
+    """Paused mid-run (held at step 3 until the pause's SIGTERM lands), resumed from the checkpoint
+    it saves there: each step is reported once, with the very losses of an uninterrupted job."""
+    args = dict(model="tiny", training_file=train_file.id, seed=11, hyperparameters={"batch_size": 2},
+                extra_body={"tailor": {**FAST, "max_steps": 12, "save_every": 2}})
+    whole = _wait(client, client.fine_tuning.jobs.create(**args).id)
+    assert whole.status == "succeeded", whole.error
+    gate = hold_at(3)
+    job = client.fine_tuning.jobs.create(**args)
+    _until(lambda: (gate / "held").exists(), "the job to reach step 3")
     client.fine_tuning.jobs.pause(job.id)
-    paused = _wait(client, job.id, ("paused", "succeeded"))
-    if paused.status == "paused":  # (a fast machine may finish 12 steps before the signal lands)
-        with pytest.raises(openai.BadRequestError):
-            client.fine_tuning.jobs.pause(job.id)
-        assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    paused = _wait(client, job.id, ("paused", "succeeded", "failed", "cancelled"))
+    assert paused.status == "paused", paused.error
+    assert sorted(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data) == [2, 3]
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.pause(job.id)
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
     done = _wait(client, job.id)
     assert done.status == "succeeded", done.error
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
-    steps = sorted(e.data["step"] for e in events if e.type == "metrics" and "train_loss" in e.data)
-    assert steps == list(range(1, 13))
-    if paused.status == "paused":
-        assert {"Fine-tuning job paused", "Fine-tuning job resumed"} <= {e.message for e in events}
+    assert {"Fine-tuning job paused", "Fine-tuning job resumed"} <= {e.message for e in events}
+    resumed, reference = _step_losses(client, job.id), _step_losses(client, whole.id)
+    assert sorted(resumed) == list(range(1, 13)) and all(len(v) == 1 for v in resumed.values())
+    assert [resumed[s][0] for s in range(1, 13)] == pytest.approx([reference[s][0] for s in range(1, 13)],
+                                                                  abs=1e-6, rel=0)
     with pytest.raises(openai.BadRequestError):
         client.fine_tuning.jobs.resume(job.id)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from servekit import serving
+from servekit import assert_serves_folder, served_greedy, serving
 
 KEY = "sk-local"
 PIRATE = Path(__file__).parent.parent / "examples" / "pirate.jsonl"
@@ -14,12 +14,14 @@ PIRATE = Path(__file__).parent.parent / "examples" / "pirate.jsonl"
 
 @pytest.mark.integration
 def test_pirate_walkthrough_on_the_default_model(tmp_path):
+    from tailor import models
     from tailor.serve.app import create_app
     from tailor.serve.registry import Registry
     from tailor.service import Service
 
     reg = Registry.load(["default"], dtype="float32", max_batch=4, max_len=512)
-    app = create_app(reg, api_key=KEY, service=Service(tmp_path / "state"))
+    service = Service(tmp_path / "state")
+    app = create_app(reg, api_key=KEY, service=service)
     with serving(app, join_timeout=60) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120)
         f = client.files.create(file=PIRATE.open("rb"), purpose="fine-tune")
@@ -33,6 +35,8 @@ def test_pirate_walkthrough_on_the_default_model(tmp_path):
         assert job.status == "succeeded", job.error
         assert job.fine_tuned_model.startswith("ft:default:default:pirate:")
         assert [e.message for e in client.fine_tuning.jobs.list_events(job.id)][0] == "The job has successfully completed"
-        r = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=16, temperature=0,
-                                           messages=[{"role": "user", "content": "How many legs does a goat have?"}])
-        assert r.choices[0].message.content
+        # the served fine-tune is the saved adapter (loaded here with plain peft), not its base
+        question = [{"role": "user", "content": "How many legs does a goat have?"}]
+        tokens, _ = assert_serves_folder(client, job.fine_tuned_model, service.store.root / "jobs" / job.id / "out" /
+                                         "final", question, 16, base=models.local_folder("default"))
+        assert tokens != served_greedy(client, "default", question, 16)[0], "the fine-tune answers as its base"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -79,10 +81,19 @@ def lora_reference(root, tiny_model_dir):
 
 
 def _tailor(root: Path, name: str, keys: dict, *launch: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run `tailor train` (under `launch`); past `timeout`, kill it with its ranks (its own
+    process group, so a hung rank is never left behind) and fail."""
     cfg = root / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(keys))
-    return subprocess.run([sys.executable, *launch, "train", str(cfg), "--quiet"], capture_output=True, text=True,
-                          timeout=timeout, env=_env(), cwd=root)
+    proc = subprocess.Popen([sys.executable, *launch, "train", str(cfg), "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=root, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _kill_driver(root: Path) -> Path:
@@ -213,6 +224,45 @@ def test_an_error_on_one_rank_ends_the_job_with_its_message(root, tiny_model_dir
     assert proc.returncode != 0
     assert "rank 1 broke on purpose" in proc.stderr
     assert time.monotonic() - start < 90, "the other rank was not stopped"
+
+
+def test_sigterm_to_one_rank_stops_every_rank_with_a_checkpoint(root, tiny_model_dir, lora_reference):
+    """A preemption that reaches rank 1 alone (SIGTERM at step 2, from inside, so it lands mid-run
+    on any machine): both ranks finish step 2, save one checkpoint together and exit, though the
+    run had 60 epochs to go."""
+    driver = root / "term_rank1.py"
+    driver.write_text(textwrap.dedent("""
+        import os, signal, sys
+        from tailor.train.session import Session
+        real_log = Session.log_step
+
+        def preempted(self, record):
+            if record["step"] == 2 and os.environ["RANK"] == "1":
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real_log(self, record)
+
+        Session.log_step = preempted
+        from tailor.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """))
+    out = root / "terminated"
+    keys = _keys(tiny_model_dir, root / "train.jsonl", out, batch_size=2, epochs=60, eval_every=1000,
+                 save_every=1000)
+    start = time.monotonic()
+    proc = _tailor(root, "terminated", keys, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   str(driver), timeout=120)
+    assert time.monotonic() - start < 90, "a rank kept training"
+    assert proc.returncode != 0
+    # rank 0 never got the signal: it stopped because rank 1 did, and says so (only rank 0 prints)
+    assert f"stopped at step 2; checkpoint saved. Resume with:\n  tailor train --resume {out}" in proc.stderr
+    # torchrun's report: the first rank out exits 143 (128 + SIGTERM, tailor's own stop); torchrun
+    # then sends SIGTERM to the other, already past the checkpoint and leaving, which may show -15
+    codes = dict(re.findall(r"rank\s*: (\d+) \(local_rank.*?\n.*?exitcode\s*: (-?\d+)", proc.stderr, re.DOTALL))
+    assert set(codes) == {"0", "1"} and "143" in codes.values() and set(codes.values()) <= {"143", "-15"}, codes
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-000002"] and not (out / "final").exists()
+    meta = json.loads((out / "checkpoint-000002" / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["step"] == 2
+    assert meta["losses"] == pytest.approx(lora_reference.losses[:2], abs=1e-5, rel=0)  # both ranks' shares
 
 
 def test_resume_with_another_world_size_is_refused(ddp_lora, capsys):
