@@ -238,6 +238,42 @@ def test_the_playground_streams_both_answers(page, server):
 
 
 @needs_browser
+def test_the_evals_tab_lists_pass_rates_and_shows_two_runs_side_by_side(page, server):
+    import openai
+
+    c = openai.OpenAI(base_url=server["url"] + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    ev = c.evals.create(name="browser-eval", data_source_config={"type": "custom", "item_schema": {
+        "type": "object", "properties": {"q": {"type": "string"}}}, "include_sample_schema": True},
+        testing_criteria=[{"type": "string_check", "name": "said-something", "operation": "ne",
+                           "input": "{{sample.output_text}}", "reference": ""}])
+    questions = [{"item": {"q": q}} for q in ("Hello!", "What is 2 + 2?", "Name a colour.")]
+    for name, temperature in (("greedy", 0), ("sampled", 1)):
+        c.evals.runs.create(ev.id, name=name, data_source={
+            "type": "completions", "model": "tiny", "sampling_params": {"temperature": temperature, "seed": 3,
+                                                                         "max_completion_tokens": 6},
+            "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
+            "source": {"type": "file_content", "content": questions}})
+    page.get(server["url"] + "/#evals")
+    row = f'#evals tr[data-eval="{ev.id}"]'
+    _until(page, lambda: page.find_elements("css selector", row) and "greedy" in _by(page, row).text
+           and "sampled" in _by(page, row).text and "in_progress" not in _by(page, row).text
+           and "queued" not in _by(page, row).text, what="both runs in the evals table", timeout=120)
+    assert "browser-eval" in _by(page, row).text and "said-something" in _by(page, row).text
+    assert "(3/3)" in _by(page, row).text or "/3)" in _by(page, row).text  # each run: passed / total
+    _by(page, row + " a").click()
+    _until(page, lambda: len(page.find_elements("css selector", "#runs tbody tr")) == 2, what="the eval's two runs")
+    rates = [e.text for e in page.find_elements("css selector", "#runs td.rate")]
+    assert all(r.endswith("%") for r in rates), rates
+    _by(page, "#cmp-show").click()
+    _until(page, lambda: len(page.find_elements("css selector", "#compare tbody tr")) == 3, what="the side-by-side rows")
+    heads = (_by(page, "#cmp-a-head").text, _by(page, "#cmp-b-head").text)
+    assert {h.split(" ")[0] for h in heads} == {"greedy", "sampled"}, heads
+    cells = page.find_elements("css selector", "#compare td.cmp")
+    assert len(cells) == 6 and all(("pass" in td.text or "fail" in td.text) for td in cells)
+    assert "What is 2 + 2?" in _by(page, "#compare tbody").text
+
+
+@needs_browser
 def test_at_a_phone_width_nothing_overflows_and_the_pair_stacks(page, server):
     page.get(server["url"] + "/#play")
     _until(page, lambda: _by(page, "#tab-play").is_displayed(), what="the playground")

@@ -105,81 +105,7 @@ $("gate-form").addEventListener("submit", (ev) => {
   sessionStorage.setItem(KEY, $("gate-key").value.trim());
   $("gate-key").value = "";
   say("gate-msg", "Checking the key…", "busy");
-  // ---- evals ---------------------------------------------------------------------------------
-
-function rate(c) { return c && c.total ? (100 * c.passed / c.total).toFixed(1) + "%" : "—"; }
-function runLabel(r) { return (r.name || r.id) + (r.model ? " · " + r.model : ""); }
-
-async function refreshEvals() {
-  try {
-    const evals = (await getJSON("/v1/evals?limit=100&order=desc")).data;
-    const runs = await Promise.all(evals.map((e) => getJSON("/v1/evals/" + encodeURIComponent(e.id) + "/runs?limit=100").then((r) => r.data)));
-    $("evals").tBodies[0].replaceChildren(...evals.map((e, i) => el("tr", { "data-eval": e.id, onclick: () => { location.hash = "eval=" + e.id; } },
-      el("td", {}, el("a", { href: "#eval=" + e.id }, e.name || e.id)), el("td", {}, e.testing_criteria.map((c) => c.name).join(", ")),
-      el("td", {}, runs[i].length),
-      el("td", {}, runs[i].map((r) => runLabel(r) + ": " + (r.status === "completed" ? rate(r.result_counts) + " (" + r.result_counts.passed + "/" + r.result_counts.total + ")" : r.status)).join("; ") || "—"),
-      el("td", {}, when(e.created_at)))));
-    say("evals-msg", evals.length ? "" : "No evals yet.");
-  } catch (e) { fail("evals-msg", e); return; }
-  state.listTimer = setTimeout(refreshEvals, 3000);
-}
-
-async function openEval(id) {
-  state.evalId = id;
-  try {
-    const base = "/v1/evals/" + encodeURIComponent(id);
-    const [ev, runs] = await Promise.all([getJSON(base), getJSON(base + "/runs?limit=100")]);
-    if (state.evalId !== id) return;
-    $("eval-title").textContent = ev.name || ev.id;
-    counts($("eval-facts"), [["Id", ev.id], ["Criteria", ev.testing_criteria.map((c) => c.name + " (" + c.type + ")").join(", ")], ["Created", when(ev.created_at)]]);
-    $("runs").tBodies[0].replaceChildren(...runs.data.map((r) => el("tr", { "data-run": r.id },
-      el("td", {}, r.name || r.id), el("td", {}, r.model || "(jsonl)"), el("td", {}, el("span", { class: "badge " + r.status }, r.status)),
-      el("td", {}, r.result_counts.passed), el("td", {}, r.result_counts.failed), el("td", {}, r.result_counts.errored),
-      el("td", { class: "rate" }, rate(r.result_counts)),
-      el("td", {}, (r.per_testing_criteria_results || []).map((c) => c.testing_criteria.replace(/-[0-9a-f-]{36}$/, "") + " " + c.passed + "/" + (c.passed + c.failed)).join(", ")))));
-    for (const [sel, i] of [[$("cmp-a"), 0], [$("cmp-b"), 1]]) {
-      fillSelect(sel, runs.data.map((r) => [r.id, runLabel(r)]), true);
-      if (!sel.value && runs.data[i]) sel.value = runs.data[i].id;
-    }
-    const busy = runs.data.some((r) => r.status === "queued" || r.status === "in_progress");
-    say("eval-msg", busy ? "Updating while runs are in progress." : "");
-    if (busy) state.jobTimer = setTimeout(() => openEval(id), POLL_MS);
-  } catch (e) { fail("eval-msg", e); }
-}
-
-async function items(evalId, runId) {
-  if (!runId) return [];
-  const out = [];
-  let after = null;
-  for (;;) {  // every page, in the data source's order
-    const page = await getJSON("/v1/evals/" + encodeURIComponent(evalId) + "/runs/" + encodeURIComponent(runId) + "/output_items?limit=100" + (after ? "&after=" + after : ""));
-    out.push(...page.data);
-    if (!page.has_more || !page.data.length) return out;
-    after = page.last_id;
-  }
-}
-
-function answerCell(item) {
-  if (!item) return el("td", {}, "—");
-  const text = item.sample.error ? "error: " + item.sample.error.message : (item.sample.output[0] || {}).content || "";
-  return el("td", { class: "cmp " + item.status }, el("span", { class: "badge " + (item.status === "pass" ? "succeeded" : "failed") }, item.status), " ", text);
-}
-
-$("cmp-show").addEventListener("click", async () => {
-  const id = state.evalId, a = $("cmp-a").value, b = $("cmp-b").value;
-  say("eval-msg", "Loading both runs' outputs…", "busy");
-  try {
-    const [ia, ib] = await Promise.all([items(id, a), items(id, b)]);
-    $("cmp-a-head").textContent = $("cmp-a").selectedOptions[0] ? $("cmp-a").selectedOptions[0].textContent : "A";
-    $("cmp-b-head").textContent = $("cmp-b").selectedOptions[0] ? $("cmp-b").selectedOptions[0].textContent : "B";
-    const byB = new Map(ib.map((x) => [x.datasource_item_id, x]));
-    $("compare").tBodies[0].replaceChildren(...ia.map((x) => el("tr", {}, el("td", {}, x.datasource_item_id),
-      el("td", {}, el("code", {}, JSON.stringify(x.datasource_item))), answerCell(x), answerCell(byB.get(x.datasource_item_id)))));
-    say("eval-msg", ia.length + " item(s).");
-  } catch (e) { fail("eval-msg", e); }
-});
-
-boot();
+  boot();
 });
 $("forget").addEventListener("click", () => { sessionStorage.removeItem(KEY); lock(""); });
 
@@ -589,9 +515,11 @@ async function openEval(id) {
       el("td", {}, r.result_counts.passed), el("td", {}, r.result_counts.failed), el("td", {}, r.result_counts.errored),
       el("td", { class: "rate" }, rate(r.result_counts)),
       el("td", {}, (r.per_testing_criteria_results || []).map((c) => c.testing_criteria.replace(/-[0-9a-f-]{36}$/, "") + " " + c.passed + "/" + (c.passed + c.failed)).join(", ")))));
+    const ids = runs.data.map((r) => r.id), picked = [$("cmp-a").value, $("cmp-b").value];
     for (const [sel, i] of [[$("cmp-a"), 0], [$("cmp-b"), 1]]) {
       fillSelect(sel, runs.data.map((r) => [r.id, runLabel(r)]), true);
-      if (!sel.value && runs.data[i]) sel.value = runs.data[i].id;
+      // first view (or a choice that is gone): the two newest runs, A and B never the same one
+      if (!ids.includes(picked[i]) || picked[0] === picked[1]) sel.value = ids[Math.min(i, ids.length - 1)] || "";
     }
     const busy = runs.data.some((r) => r.status === "queued" || r.status === "in_progress");
     say("eval-msg", busy ? "Updating while runs are in progress." : "");
