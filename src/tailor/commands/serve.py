@@ -171,9 +171,32 @@ def run(args) -> int:
     # uvicorn drains requests on SIGTERM, then re-raises the signal to the previous handler:
     # make that a no-op so a requested shutdown exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
-                timeout_graceful_shutdown=cfg.shutdown_timeout)
+    server = _Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                                    timeout_graceful_shutdown=cfg.shutdown_timeout), registry.stop)
+    server.run()
     return 0
+
+
+class _Server:
+    """uvicorn's Server, plus: a request still generating when the graceful shutdown runs out is
+    ended by its engine just before uvicorn's deadline, so its client gets a proper last chunk
+    (finish_reason "stop", then [DONE]) rather than a connection cut mid-stream."""
+
+    MARGIN_S = 0.5
+
+    def __new__(cls, config, stop_generation):
+        import threading
+
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig, frame):
+                if not self.should_exit and config.timeout_graceful_shutdown is not None:
+                    delay = max(0.0, config.timeout_graceful_shutdown - cls.MARGIN_S)
+                    threading.Timer(delay, stop_generation).start()
+                super().handle_exit(sig, frame)
+
+        return Server(config)
 
 
 def _limits_file(path: str | None) -> dict:
