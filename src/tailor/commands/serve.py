@@ -171,32 +171,28 @@ def run(args) -> int:
     # uvicorn drains requests on SIGTERM, then re-raises the signal to the previous handler:
     # make that a no-op so a requested shutdown exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server = _Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+    server = _server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
                                     timeout_graceful_shutdown=cfg.shutdown_timeout), registry.stop)
     server.run()
     return 0
 
 
-class _Server:
+def _server(config, stop_generation, margin_s: float = 0.5):
     """uvicorn's Server, plus: a request still generating when the graceful shutdown runs out is
-    ended by its engine just before uvicorn's deadline, so its client gets a proper last chunk
-    (finish_reason "stop", then [DONE]) rather than a connection cut mid-stream."""
+    ended by its engine `margin_s` before uvicorn's deadline, so its client gets a proper last
+    chunk (finish_reason "stop", then [DONE]) rather than a connection cut mid-stream."""
+    import threading
 
-    MARGIN_S = 0.5
+    import uvicorn
 
-    def __new__(cls, config, stop_generation):
-        import threading
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if not self.should_exit and config.timeout_graceful_shutdown is not None:
+                delay = max(0.0, config.timeout_graceful_shutdown - margin_s)
+                threading.Timer(delay, stop_generation).start()
+            super().handle_exit(sig, frame)
 
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            def handle_exit(self, sig, frame):
-                if not self.should_exit and config.timeout_graceful_shutdown is not None:
-                    delay = max(0.0, config.timeout_graceful_shutdown - cls.MARGIN_S)
-                    threading.Timer(delay, stop_generation).start()
-                super().handle_exit(sig, frame)
-
-        return Server(config)
+    return Server(config)
 
 
 def _limits_file(path: str | None) -> dict:
