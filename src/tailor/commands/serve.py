@@ -189,7 +189,9 @@ def _server(config, stop_generation, margin_s: float = 0.5):
         def handle_exit(self, sig, frame):
             if not self.should_exit and config.timeout_graceful_shutdown is not None:
                 delay = max(0.0, config.timeout_graceful_shutdown - margin_s)
-                threading.Timer(delay, stop_generation).start()
+                timer = threading.Timer(delay, stop_generation)
+                timer.daemon = True  # an idle server exits at once, not when the timer fires
+                timer.start()
             super().handle_exit(sig, frame)
 
     return Server(config)
