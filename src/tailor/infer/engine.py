@@ -34,7 +34,9 @@ class QueueFull(Exception):
 @dataclass
 class Event:
     """What a request produced in one step. A final event has `finish_reason` set:
-    "stop" (stop token or string), "length" (max tokens or context), "cancelled", or "error"."""
+    "stop" (stop token or string), "length" (max tokens or context), "cancelled", or "error".
+    A stop token is reported like any token, with no text and `stop_token` set, just before the
+    final event: OpenAI and vLLM count it and give its log-probability (evaluators read it)."""
 
     token: int | None = None
     text: str = ""
@@ -42,6 +44,7 @@ class Event:
     top_logprobs: list[tuple[int, float]] | None = None
     finish_reason: str | None = None
     error: str | None = None
+    stop_token: bool = False
 
 
 @dataclass(eq=False)
@@ -211,6 +214,8 @@ class Engine:
             with torch.inference_mode():  # rows are made on demand from the prefill's inference tensors
                 req.prompt_logprobs = prompt_logprobs(rows, req.prompt, p.top_logprobs)
                 logits = rows.last()
+        if p.max_new_tokens == 0:  # scoring only (completions' echo with max_tokens 0)
+            return self._finish(req, "length")
         self._sample([req], logits[None])
 
     def _decode(self) -> None:
@@ -259,6 +264,7 @@ class Engine:
     def _accept(self, req: Request, choice: Choice) -> None:
         """Record a sampled token, tell the client, and finish the request if it is done."""
         if choice.token in req.params.stop_token_ids:
+            self._emit(req, Event(choice.token, "", choice.logprob, choice.top, stop_token=True))
             return self._finish(req, "stop")
         req.tokens.append(choice.token)
         text = req.text.push(choice.token) if req.text else ""
@@ -293,7 +299,7 @@ class Engine:
 
 
 def generate_ids(engine: Engine, prompt_ids: list[int], params: SamplingParams, adapter: int = 0) -> Iterator[int]:
-    """Just the new token ids, until a stop token or max_new_tokens."""
+    """Just the new token ids, until a stop token (not included) or max_new_tokens."""
     for event in engine.generate(prompt_ids, params, adapter):
-        if event.token is not None:
+        if event.token is not None and not event.stop_token:
             yield event.token

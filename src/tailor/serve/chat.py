@@ -1,5 +1,7 @@
 """POST /v1/chat/completions: render with the model's own chat template, generate n choices,
-answer as one JSON body or as a stream of SSE chunks. A model served with a document index gets
+answer as one JSON body or as a stream of SSE chunks. The end-of-turn token the model generated
+is in `logprobs.content` (its own text, e.g. `<|im_end|>`, never in the message) and in
+`usage.completion_tokens`, as vLLM reports it and as the completions endpoint does. A model served with a document index gets
 the top chunks for the latest user turn in its prompt (rag.context's format), and the response
 names them in a top-level `tailor.sources` (a stream: in its last chunk before [DONE])."""
 
@@ -158,9 +160,10 @@ async def _stream(body: ChatRequest, served, prompt: list[int], jobs: Jobs, hits
                 yield chunk([{"index": i, "delta": {"content": event.text},
                               "logprobs": {"content": lp, "refusal": None} if lp is not None else None,
                               "finish_reason": None}])
-            if event.finish_reason:
-                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason(event.finish_reason)}],
-                            final=ends_stream())
+            if event.finish_reason:  # with the stop token's log-probability, which has no text to ride on
+                lp = _logprob_entries(served, pending_lp[i]) if body.logprobs and pending_lp[i] else None
+                yield chunk([{"index": i, "delta": {}, "logprobs": {"content": lp, "refusal": None} if lp else None,
+                              "finish_reason": reason(event.finish_reason)}], final=ends_stream())
         if include_usage:
             yield chunk([], usage(len(prompt), generated), final=True)
         yield sse("[DONE]")
@@ -179,5 +182,6 @@ def _held_reply(body: ChatRequest, served, i: int, events, lp_events, style: str
     if calls:
         out.append({"index": i, "delta": {"tool_calls": [dict(call, index=k) for k, call in enumerate(calls)]},
                     "logprobs": lp, "finish_reason": None})
+        lp = None
     finish = "tool_calls" if calls else next(e.finish_reason for e in events if e.finish_reason)
-    return out + [{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason(finish)}]
+    return out + [{"index": i, "delta": {}, "logprobs": lp, "finish_reason": reason(finish)}]

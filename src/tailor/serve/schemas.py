@@ -77,6 +77,6 @@ class ChatRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=0)  # 0 with echo: the prompt's log-probabilities only
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)

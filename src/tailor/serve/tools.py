@@ -52,7 +52,7 @@ def reply_text(tokenizer, events, style: str, stops: list[str]) -> str:
     keep = set(MARKERS[style])
     hidden = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special and t.content not in keep}
     hidden |= {i for i, t in zip(tokenizer.all_special_ids, tokenizer.all_special_tokens) if t not in keep}
-    ids = [e.token for e in events if e.token is not None and e.token not in hidden]
+    ids = [e.token for e in events if e.token is not None and not e.stop_token and e.token not in hidden]
     text = tokenizer.decode(ids, skip_special_tokens=False)
     cut = min((text.find(s) for s in stops if s and s in text), default=-1)
     return text[:cut] if cut >= 0 else text
