@@ -22,6 +22,7 @@ import torch
 
 from tailor.infer.detok import TextStream
 from tailor.infer.sampling import Choice, RowLogits, SamplingParams, make_generator, prompt_logprobs, sample_batch
+from tailor.infer.shaping import Shaper, shape
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -62,6 +63,7 @@ class Request:
     cancelled: bool = False
     generator: torch.Generator | None = None
     text: TextStream | None = None
+    shaper: Shaper | None = None  # bias, penalties, grammar: None when the request asks for none
 
     @property
     def done(self) -> bool:
@@ -205,6 +207,7 @@ class Engine:
     def _prefill(self, req: Request) -> None:
         p = req.params
         req.generator = make_generator(p.seed, getattr(self.backend, "device", "cpu"))
+        req.shaper = Shaper.of(p)
         tokenizer = req.tokenizer or self.tokenizer
         if tokenizer is not None:
             req.text = TextStream(tokenizer, p.stop)
@@ -243,9 +246,16 @@ class Engine:
                                    [r.adapter for r in batch])
 
     def _sample(self, batch: list[Request], logits: torch.Tensor) -> None:
-        """Sample the whole batch at once; if that raises, row by row so only the bad row fails."""
+        """Sample the whole batch at once; if that raises, row by row so only the bad row fails.
+        Rows with a Shaper are sampled from changed logits; log-probabilities stay the model's."""
         try:
-            choices = sample_batch(logits, [r.params for r in batch], [r.generator for r in batch])
+            shapers = [r.shaper for r in batch]
+            if any(shapers):
+                shaped = logits.float().clone()
+                shape(shaped, shapers)
+                choices = sample_batch(shaped, [r.params for r in batch], [r.generator for r in batch], raw=logits)
+            else:
+                choices = sample_batch(logits, [r.params for r in batch], [r.generator for r in batch])
         except Exception as exc:
             if len(batch) == 1:
                 return self._fail(batch[0], exc)
@@ -257,12 +267,14 @@ class Engine:
                 self._fail(req, choice.error)
                 continue
             try:
-                self._accept(req, choice)
+                self._accept(req, choice, logits.shape[-1])
             except Exception as exc:  # e.g. the tokenizer cannot decode the token
                 self._fail(req, exc)
 
-    def _accept(self, req: Request, choice: Choice) -> None:
+    def _accept(self, req: Request, choice: Choice, width: int) -> None:
         """Record a sampled token, tell the client, and finish the request if it is done."""
+        if req.shaper is not None:
+            req.shaper.accept(choice.token, width, getattr(self.backend, "device", "cpu"))
         if choice.token in req.params.stop_token_ids:
             self._emit(req, Event(choice.token, "", choice.logprob, choice.top, stop_token=True))
             return self._finish(req, "stop")

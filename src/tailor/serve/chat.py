@@ -11,7 +11,7 @@ from tailor.data.convert import Conversation, chat_conversation
 from tailor.data.problems import Problems
 from tailor.data.templates import render_prompt
 from tailor.rag.context import sources
-from tailor.serve import tools
+from tailor.serve import structured, tools
 from tailor.serve.errors import APIError
 from tailor.serve.schemas import ChatOptions, ChatRequest
 from tailor.serve.stream import (Jobs, Meta, check_error, collect, completion_budget, error_event, off_loop, reason,
@@ -63,8 +63,9 @@ def _jobs(body: ChatRequest, served):
     requested = body.max_completion_tokens or body.max_tokens
     budget = completion_budget(served, len(prompt), requested, "messages")
     top = body.top_logprobs or 0
-    params = [sampling_params(body, served, len(prompt), budget, j, logprobs=body.logprobs, top_logprobs=top)
-              for j in range(body.n)]
+    grammar = structured.reply_grammar(body, served)
+    params = [sampling_params(body, served, len(prompt), budget, j, logprobs=body.logprobs, top_logprobs=top,
+                              grammar=grammar) for j in range(body.n)]
     return prompt, Jobs(served, [(prompt, p) for p in params]), hits
 
 
@@ -100,7 +101,7 @@ async def complete(body: ChatRequest, served, http_request) -> dict:
         if style:
             message["content"], calls = tools.read_reply(body, served, events, style)
             if calls:
-                message["tool_calls"], finish = calls, "tool_calls"
+                message["tool_calls"], finish = calls, tools.finish_reason(body)
         choices.append({"index": i, "message": message,
                         "logprobs": {"content": _logprob_entries(served, events), "refusal": None} if body.logprobs else None,
                         "finish_reason": reason(finish)})
@@ -183,5 +184,5 @@ def _held_reply(body: ChatRequest, served, i: int, events, lp_events, style: str
         out.append({"index": i, "delta": {"tool_calls": [dict(call, index=k) for k, call in enumerate(calls)]},
                     "logprobs": lp, "finish_reason": None})
         lp = None
-    finish = "tool_calls" if calls else next(e.finish_reason for e in events if e.finish_reason)
+    finish = tools.finish_reason(body) if calls else next(e.finish_reason for e in events if e.finish_reason)
     return out + [{"index": i, "delta": {}, "logprobs": lp, "finish_reason": reason(finish)}]
