@@ -319,3 +319,26 @@ def test_langchain_with_structured_output(server, client):
                                         seed=3, max_tokens=200, logit_bias=closers, max_retries=0)
     reply = stock.with_structured_output(None, method="json_mode").invoke("Reply in JSON.")
     assert isinstance(reply, dict)
+
+
+class City(BaseModel):
+    name: str
+    country: str
+    population_millions: int = Field(ge=0, le=100)
+
+
+@pytest.mark.integration
+def test_parse_on_the_default_model():
+    from tailor.serve.app import create_app
+    from tailor.serve.registry import Registry
+
+    reg = Registry.load(["default"], max_batch=2, max_len=2048)
+    with serving(create_app(reg)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        question = "What is the capital of France? Answer in JSON."
+        ask = dict(model="default", messages=[{"role": "user", "content": question}], response_format=City,
+                   temperature=0, max_tokens=60)
+        city = client.chat.completions.parse(**ask).choices[0].message.parsed
+        assert isinstance(city, City) and city.name == "Paris"
+        with client.chat.completions.stream(**ask) as stream:
+            assert stream.get_final_completion().choices[0].message.parsed == city

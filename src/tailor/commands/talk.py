@@ -32,7 +32,7 @@ class TalkConfig:
     """int8: weight-only int8 projections on a CPU (half their memory; ~96% of next tokens equal bf16's,
     a little faster at batch 1). Changes the numerics, so off by default."""
     json_schema: str | None = None
-    """A JSON Schema file: each reply is JSON valid against it, enforced while decoding (as the server's response_format)."""
+    """A JSON Schema file: each reply is JSON valid against it, enforced while decoding (as response_format)."""
 
 
 def load_for_talk(cfg: TalkConfig):
@@ -68,7 +68,8 @@ def read_schema(cfg: TalkConfig) -> dict | None:
     except OSError as exc:
         raise TailorError(f"--json-schema {path}: cannot read it ({exc.strerror}).") from exc
     except ValueError as exc:
-        raise TailorError(f"--json-schema {path}: not JSON ({exc}). Fix: the file holds one JSON Schema object.") from exc
+        raise TailorError(f"--json-schema {path}: not JSON ({exc}). Fix: the file holds one JSON Schema object.") \
+            from exc
     if not isinstance(schema, dict):
         raise TailorError(f"--json-schema {path}: a JSON Schema is an object ({{\"type\": ...}}), not "
                           f"{type(schema).__name__}.")

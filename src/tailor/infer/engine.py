@@ -251,7 +251,8 @@ class Engine:
         try:
             shapers = [r.shaper for r in batch]
             if any(shapers):
-                shaped = logits.float().clone()
+                shaped = logits.float()
+                shaped = shaped.clone() if shaped is logits else shaped  # the model's logits stay as they were
                 shape(shaped, shapers)
                 choices = sample_batch(shaped, [r.params for r in batch], [r.generator for r in batch], raw=logits)
             else:

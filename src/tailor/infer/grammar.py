@@ -9,8 +9,8 @@ Why llguidance (1.9) and not xgrammar (0.2.9), measured here (2-core CPU, torch 
 - it compiles lazily: a 20,000-value enum in 0.3 s, where xgrammar took 40 s; fuel limits bound
   the work of compiling and of each step, so a pathological schema fails instead of stalling;
 - its `$ref` resolver never fetches a document (xgrammar warned about remote refs, then compiled);
-- per step it takes ~60 us a row to mask and advance (xgrammar ~9 us): both are far below a decode
-  step, and LLExecutor fills a whole batch's masks in one call, off the GIL.
+- per step it takes ~60 us a row to mask and advance (xgrammar ~9 us): both far below a decode
+  step (bench/structured_speed.py measures the whole cost).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 # Output is written as Python's json.dumps writes it: {"a": 1, "b": [2, 3]}. Free whitespace
@@ -29,7 +30,6 @@ import torch
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 COMPILE_SECONDS = 5.0  # longer than this to compile: refused (llguidance's fuel caps the work itself)
 CACHE_SIZE = 64  # compiled grammars kept per process (a pristine matcher each, copied per request)
-_SHIFTS = torch.arange(32, dtype=torch.int32)
 
 
 class GrammarError(ValueError):
@@ -55,7 +55,6 @@ _lock = threading.Lock()
 _vocabs: dict[tuple, Vocab] = {}
 _grammars: OrderedDict[tuple, Grammar] = OrderedDict()
 _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tailor-grammar")
-_executor = None
 
 
 def vocab(tokenizer, stop_ids: list[int], width: int) -> Vocab:
@@ -156,22 +155,19 @@ def _build(text: str, vocab_: Vocab) -> Grammar:
 
 
 def fill_masks(matchers: list[Matcher], width: int) -> torch.Tensor:
-    """[len(matchers), ceil(width / 32)] int32 bitmasks of the tokens each matcher allows now."""
-    import llguidance
-
-    global _executor
-    if _executor is None:
-        _executor = llguidance.LLExecutor()
+    """[len(matchers), ceil(width / 32)] int32 bitmasks of the tokens each matcher allows now.
+    One matcher after another on this thread: a mask takes tens of microseconds, and
+    llguidance's thread pool (LLExecutor) kept the CPU busy after its work, slowing the model's
+    own next step on a 2-core machine."""
     masks = torch.zeros((len(matchers), (width + 31) // 32), dtype=torch.int32)
-    # what llguidance.torch.fill_next_token_bitmask_par does; importing that module costs ~6 s
-    # (it loads torch's compiler for a kernel tailor does not use)
-    _executor.unsafe_compute_mask_ptr([(m.inner, i) for i, m in enumerate(matchers)], masks.data_ptr(),
-                                      masks.shape[1] * 4, masks.shape[0])
+    row_bytes = masks.shape[1] * 4
+    for i, m in enumerate(matchers):
+        m.inner.unsafe_compute_mask_ptr(masks.data_ptr() + i * row_bytes, row_bytes)
     return masks
 
 
-def allowed(masks: torch.Tensor, width: int) -> torch.Tensor:
-    """Bitmasks -> [rows, width] booleans."""
-    bits = (masks.unsqueeze(-1) >> _SHIFTS) & 1
-    return bits.view(masks.shape[0], -1)[:, :width].bool()
-
+def banned(masks: torch.Tensor, width: int) -> torch.Tensor:
+    """Bitmasks -> [rows, width] booleans, True where a token is NOT allowed (what masked_fill_
+    takes): one pass over the bits (numpy's unpackbits; a torch shift-and-compare took four)."""
+    bits = np.unpackbits((~masks).numpy().view(np.uint8), axis=1, bitorder="little")  # little-endian words
+    return torch.from_numpy(bits[:, :width]).view(torch.bool)

@@ -101,7 +101,8 @@ class _Walk:
             self.chars += text
             if len(values) > BIG_ENUM and text > BIG_ENUM_CHARS:
                 raise GrammarError(f"The enum at {_where(path)} has {len(values)} values of {text} characters; "
-                                   f"past {BIG_ENUM} values they may hold at most {BIG_ENUM_CHARS}.", _join(path, "enum"))
+                                   f"past {BIG_ENUM} values they may hold at most {BIG_ENUM_CHARS}.",
+                                   _join(path, "enum"))
         if isinstance(s.get("const"), str):
             self.chars += len(s["const"])
         for count, limit, what in ((self.properties, MAX_PROPERTIES, "object properties"),

@@ -47,6 +47,8 @@ class Shaper:
                 self._bias_t = (ids, torch.tensor(list(self.bias.values()), device=row.device, dtype=row.dtype))
             row.index_add_(0, *self._bias_t)
         if self.bans:
+            if len(self.bans) >= row.shape[0]:
+                raise ValueError("logit_bias bans every token of the vocabulary")
             row[self.bans] = float("-inf")
         if self.penalised and self.counts is not None:
             row -= self.counts * self.frequency + (self.counts > 0).to(row.dtype) * self.presence
@@ -62,9 +64,9 @@ class Shaper:
 
 
 def shape(logits: torch.Tensor, shapers: list[Shaper | None]) -> None:
-    """Apply each row's Shaper to `logits` [B, V] (fp32, changed in place); masks of all the
-    grammar rows are computed in one call. A row whose every token is then excluded raises: a
-    bias that bans every token the grammar allows has nothing left to sample."""
+    """Apply each row's Shaper to `logits` [B, V] (fp32, changed in place); the masks of all the
+    grammar rows are filled in one pass. A row left with no allowed token is caught when its
+    token is accepted (the matcher refuses it), so no pass here looks for one."""
     grammar_rows = []
     for i, s in enumerate(shapers):
         if s is None:
@@ -72,15 +74,14 @@ def shape(logits: torch.Tensor, shapers: list[Shaper | None]) -> None:
         s.apply(logits[i])
         if s.matcher is not None:
             grammar_rows.append(i)
-    if grammar_rows:
-        width = logits.shape[-1]
-        matchers = [shapers[i].matcher for i in grammar_rows]
-        masks = grammar.fill_masks(matchers, width)
-        for m in matchers:
-            if m.error:
-                raise RuntimeError(f"constrained decoding stopped: {m.error}")
-        allowed = grammar.allowed(masks, width).to(logits.device, non_blocking=True)
-        rows = torch.tensor(grammar_rows, device=logits.device)
-        logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
-    if any(s is not None for s in shapers) and bool((logits.amax(-1) == float("-inf")).any()):
-        raise ValueError("no token is left to sample: logit_bias bans every token the response format allows")
+    if not grammar_rows:
+        return
+    width = logits.shape[-1]
+    matchers = [shapers[i].matcher for i in grammar_rows]
+    masks = grammar.fill_masks(matchers, width)
+    for m in matchers:
+        if m.error:
+            raise RuntimeError(f"constrained decoding stopped: {m.error}")
+    banned = grammar.banned(masks, width).to(logits.device, non_blocking=True)
+    for k, i in enumerate(grammar_rows):
+        logits[i].masked_fill_(banned[k], float("-inf"))

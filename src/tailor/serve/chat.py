@@ -1,9 +1,11 @@
 """POST /v1/chat/completions: render with the model's own chat template, generate n choices,
 answer as one JSON body or as a stream of SSE chunks. The end-of-turn token the model generated
 is in `logprobs.content` (its own text, e.g. `<|im_end|>`, never in the message) and in
-`usage.completion_tokens`, as vLLM reports it and as the completions endpoint does. A model served with a document index gets
-the top chunks for the latest user turn in its prompt (rag.context's format), and the response
-names them in a top-level `tailor.sources` (a stream: in its last chunk before [DONE])."""
+`usage.completion_tokens`, as vLLM reports it and as the completions endpoint does. A
+`response_format` or a forced tool call is enforced while decoding (serve.structured). A model
+served with a document index gets the top chunks for the latest user turn in its prompt
+(rag.context's format), and the response names them in a top-level `tailor.sources` (a stream:
+in its last chunk before [DONE])."""
 
 from __future__ import annotations
 
