@@ -41,9 +41,20 @@ CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {
     "additionalProperties": False}}}
 
 
-def _save_lively_qwen(folder):
-    """A tool-calling template (Qwen's <tool_call> blocks, held as special tokens), lively weights."""
-    tok = make_tokenizer(chat_template=QWEN_LIKE, extra_special=["<tool_call>", "</tool_call>"])
+# Llama 3.1's JSON tool calls: the assistant's reply is {"name": ..., "parameters": ...}
+LLAMA3_LIKE = (
+    "{%- for message in messages %}{{- '<|start_header_id|>' + message.role + '<|end_header_id|>\n\n' }}"
+    "{%- if message.content %}{{- message.content }}{%- endif %}"
+    "{%- for call in message.tool_calls or [] %}"
+    "{{- '{\"name\": \"' + call.function.name + '\", \"parameters\": ' + (call.function.arguments | tojson) + '}' }}"
+    "{%- endfor %}{{- '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
+)
+
+
+def _save_lively_tools(folder, template=QWEN_LIKE, special=("<tool_call>", "</tool_call>")):
+    """A tool-calling template (by default Qwen's <tool_call> blocks), its markers special tokens, lively weights."""
+    tok = make_tokenizer(chat_template=template, extra_special=list(special))
     model = make_model(tok, seed=3)
     with torch.no_grad():
         for p in model.parameters():
@@ -60,8 +71,9 @@ def server(tmp_path_factory):
     from tailor.serve.registry import Registry
 
     root = tmp_path_factory.mktemp("structured")
-    refs = [save_lively(root / "tiny"), save_tiny(root / "stock"), _save_lively_qwen(root / "qwen")]
-    reg = Registry.load([str(r) for r in refs], ["tiny", "stock", "qwen"], dtype="float32", max_batch=8,
+    refs = [save_lively(root / "tiny"), save_tiny(root / "stock"), _save_lively_tools(root / "qwen"),
+            _save_lively_tools(root / "llama", LLAMA3_LIKE, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"))]
+    reg = Registry.load([str(r) for r in refs], ["tiny", "stock", "qwen", "llama"], dtype="float32", max_batch=8,
                         max_len=1024)
     with serving(create_app(reg, limits=Limits(max_n=20))) as url:
         yield url, reg
@@ -219,6 +231,16 @@ def test_a_named_tool_choice_forces_that_function(client):
                         stream=True))
     streamed = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
     assert [json.loads(tc.function.arguments) for tc in streamed] == [args for _, args in _calls(r)]
+
+
+def test_forced_calls_in_llama3_json(client, server):
+    from tailor.data.toolcalls import LLAMA3_JSON, detect_style
+
+    assert detect_style(server[1].get("llama").tokenizer.chat_template) == LLAMA3_JSON
+    r = _chat(client, model="llama", tools=[WEATHER, CLOCK], tool_choice="required", parallel_tool_calls=False,
+              max_tokens=120)
+    calls = _calls(r)
+    assert r.choices[0].finish_reason == "tool_calls" and len(calls) == 1 and _validates(*calls[0])
 
 
 def test_forcing_needs_a_known_tool_format(client):

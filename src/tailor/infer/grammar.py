@@ -41,38 +41,53 @@ class GrammarError(ValueError):
         self.path = path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Vocab:
     """A tokenizer as llguidance sees it: `width` ids (the model's logits, maybe padded past the
     tokenizer), and the stop ids a finished grammar allows."""
 
     tokenizer: object  # llguidance.LLTokenizer
     width: int
-    key: tuple
+    source: object  # the transformers tokenizer, held so its id is not reused while cached
 
 
 _lock = threading.Lock()
-_vocabs: dict[tuple, Vocab] = {}
+_vocabs: OrderedDict[tuple, Vocab] = OrderedDict()
 _grammars: OrderedDict[tuple, Grammar] = OrderedDict()
 _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tailor-grammar")
+VOCABS_KEPT = 16  # tokenizers (served models) with a cached vocabulary
 
 
 def vocab(tokenizer, stop_ids: list[int], width: int) -> Vocab:
     """The llguidance view of `tokenizer` (about a second to build for a 49k vocabulary: once)."""
     import llguidance.hf
 
-    key = (id(tokenizer), tuple(sorted(set(stop_ids))), width)
-    with _lock:
-        found = _vocabs.get(key)
-    if found is None:
+    stops = tuple(sorted(set(stop_ids)))
+    key = (id(tokenizer), stops, width)
+    found = _cached(_vocabs, key)
+    if found is None or found.source is not tokenizer:
         try:
-            built = llguidance.hf.from_tokenizer(tokenizer, n_vocab=width, eos_token=list(key[1]))
+            built = llguidance.hf.from_tokenizer(tokenizer, n_vocab=width, eos_token=list(stops))
         except Exception as exc:
             raise GrammarError(f"This model's tokenizer cannot drive constrained decoding: {exc}") from exc
-        found = Vocab(built, width, key)
-        with _lock:  # the tokenizer stays referenced by whoever serves it: its id is not reused meanwhile
-            _vocabs.setdefault(key, found)
+        found = _keep(_vocabs, key, Vocab(built, width, tokenizer), VOCABS_KEPT)
     return found
+
+
+def _cached(cache: OrderedDict, key):
+    with _lock:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    return None
+
+
+def _keep(cache: OrderedDict, key, value, size: int):
+    with _lock:
+        cache[key] = value
+        while len(cache) > size:
+            cache.popitem(last=False)
+    return value
 
 
 class Matcher:
@@ -121,28 +136,26 @@ def lark(text: str, vocab_: Vocab) -> Grammar:
 
 
 def _compiled(text: str, vocab_: Vocab) -> Grammar:
-    key = (text, vocab_.key)
-    with _lock:
-        if key in _grammars:
-            _grammars.move_to_end(key)
-            return _grammars[key]
+    key = (text, id(vocab_))
+    found = _cached(_grammars, key)
+    if found is not None and found.vocab is vocab_:
+        return found
     job = _pool.submit(_build, text, vocab_)
     try:
         grammar = job.result(timeout=COMPILE_SECONDS)
     except FutureTimeout:
         raise GrammarError(f"The schema took longer than {COMPILE_SECONDS:g} s to compile; simplify it "
                            "(fewer enum values, less nesting).") from None
-    with _lock:
-        _grammars[key] = grammar
-        while len(_grammars) > CACHE_SIZE:
-            _grammars.popitem(last=False)
-    return grammar
+    return _keep(_grammars, key, grammar, CACHE_SIZE)
 
 
 def _build(text: str, vocab_: Vocab) -> Grammar:
     import llguidance
 
-    limits = llguidance.LLParserLimits(verbose_errors=False)
+    # llguidance's defaults, stated: per step at most ~15 ms of lexer work and ~2.5 ms of parser
+    # items (its own figures), so no grammar holds the engine's loop for long; past them the
+    # matcher errs and its request fails alone
+    limits = llguidance.LLParserLimits(step_lexer_fuel=200_000, step_max_items=50_000, verbose_errors=False)
     matcher = Matcher(llguidance.LLMatcher(vocab_.tokenizer, text, log_level=0, limits=limits))
     if matcher.error:
         raise GrammarError(f"The schema cannot be enforced: {matcher.error}")
