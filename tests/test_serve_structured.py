@@ -243,10 +243,19 @@ def test_forced_calls_in_llama3_json(client, server):
     assert r.choices[0].finish_reason == "tool_calls" and len(calls) == 1 and _validates(*calls[0])
 
 
-def test_forcing_needs_a_known_tool_format(client):
+def test_forcing_needs_a_known_tool_format_and_good_schemas(client):
     with pytest.raises(openai.BadRequestError) as err:
         _chat(client, tools=[WEATHER], tool_choice="required")  # "tiny" has no tool-calling template
     assert err.value.body["param"] == "tool_choice"
+    odd = {"type": "function", "function": {"name": "odd", "parameters": {"type": "object", "not": {}}}}
+    with pytest.raises(openai.BadRequestError) as err:  # llguidance cannot enforce `not`
+        _chat(client, model="qwen", tools=[odd], tool_choice="required")
+    assert err.value.body["param"] == "tools" and "not" in err.value.body["message"]
+    strict = {"type": "function", "function": {**WEATHER["function"], "strict": True,
+                                               "parameters": {"type": "object", "properties": {"a": {}}}}}
+    with pytest.raises(openai.BadRequestError) as err:  # strict tools keep to OpenAI's subset
+        _chat(client, model="qwen", tools=[strict], tool_choice="required")
+    assert err.value.body["param"] == "tools[0].function.parameters.additionalProperties"
 
 
 # -- penalties and bias ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # minus this times a token's count in the reply so far (OpenAI's)
     presence_penalty: float = 0.0  # minus this once a token is in the reply (OpenAI's)
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit; -100 bans it
-    grammar: object = None  # an infer.grammar.Grammar the reply must follow (e.g. a JSON schema)
+    grammar: object = None  # an infer.grammar.Grammar the reply must follow, built with stop_token_ids
 
 
 @dataclass

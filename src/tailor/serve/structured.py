@@ -28,7 +28,8 @@ def reply_grammar(body, served) -> grammar.Grammar | None:
     """The grammar of this request's reply, or None for free text."""
     calls = tools.forced_calls(body, served)
     if calls is not None:
-        return _compile(lambda v: grammar.lark(calls, v), served, "tool_choice")
+        # the calls' grammar is tailor's own; what can fail in it is a tool's parameters schema
+        return _compile(lambda v: grammar.lark(calls, v), served, "tools")
     found = response_schema(body.response_format)
     if found is None:
         return None
