@@ -92,6 +92,13 @@ def target_rows(found: dict) -> list[str]:
                    f"{' / '.join(_fmt(s, '.1f') + ' s' for s in firsts)} (TRL-bf16: {peer}) | "
                    f"{_met([s for s in warm if s is not None], lambda s: s <= 10)} |")
     out += _decode_targets(found.get("generate"))
+    if found.get("structured"):
+        st = found["structured"]
+        for batch in (1, 8):
+            row = st[f"batch{batch}"]
+            wall, cpu = row["wall"]["overhead"], row["cpu"]["overhead"]
+            out.append(f"| JSON-schema decode overhead <= 10% | batch {batch} | wall {wall:+.1%}, CPU time {cpu:+.1%} "
+                       f"| {_met([wall], lambda o: o <= 0.1)} |")
     return out
 
 
@@ -201,6 +208,19 @@ def decode_table(gen: dict) -> list[str]:
     return lines
 
 
+def structured_table(st: dict) -> list[str]:
+    lines = [f"Greedy decode, {st['new_tokens']} new tokens a request, {st['dtype']}, with and without a JSON "
+             f"schema's grammar (compiled once in {st['compile_s']:.2f} s). Best run of each side.", "",
+             "| batch | plain tok/s | JSON tok/s | overhead (wall) | overhead (CPU time) | grammar CPU per step |",
+             "|---|---|---|---|---|---|"]
+    for batch in (1, 8):
+        r = st[f"batch{batch}"]
+        lines.append(f"| {batch} | {r['wall']['plain_tok_s']:.1f} | {r['wall']['json_tok_s']:.1f} | "
+                     f"{r['wall']['overhead']:+.1%} | {r['cpu']['overhead']:+.1%} | "
+                     f"{r['grammar_ms_per_step']:.2f} ms of a step's {r['step_ms']:.1f} ms |")
+    return lines
+
+
 def render(found: dict, command: str) -> str:
     info, peak = found["info"], found["peak"]
     lines = [
@@ -231,6 +251,8 @@ def render(found: dict, command: str) -> str:
     if found.get("service"):
         lines += ["## Fine-tuning service (`tailor serve`, bench/service_latency.py), one round", "",
                   "```", found["service"]["table"], "```", ""]
+    if found.get("structured"):
+        lines += ["## Structured outputs (bench/structured_speed.py)", "", *structured_table(found["structured"]), ""]
     lines += ["Raw figures of every run: bench/.work/rows.json. Analysis of the misses: bench/ANALYSIS.md. "
               "Earlier results: bench/HISTORY.md."]
     return "\n".join(lines)

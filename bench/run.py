@@ -12,10 +12,12 @@
    (f16, q8_0), --rounds rounds; the server at 1/4/8 clients. With --tailor-generate-flags (or when
    `tailor generate --help` offers --quantize) tailor gets a second row with those engine flags.
 4. Data preparation and the fine-tuning service (as before), one round each.
+5. Structured outputs: decode tokens/s with and without a JSON schema's grammar at batch 1 and 8
+   (bench/structured_speed.py; target: at most 10% slower).
 Every ratio compares figures measured in this same run. Results: bench/RESULTS.md (the previous
 RESULTS.md moves to the top of bench/HISTORY.md) and bench/.work/rows.json.
 
-    .venv/bin/python bench/run.py [--rounds 2] [--only train,demo,generate,data,service] [--quick]
+    .venv/bin/python bench/run.py [--rounds 2] [--only train,demo,generate,data,service,structured] [--quick]
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import results
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 PY = sys.executable
-PARTS = "train,demo,generate,data,service"
+PARTS = "train,demo,generate,data,service,structured"
 
 
 def run_json(script: str, *args: str, env: dict | None = None, timeout: int = 1800, optional: bool = False) -> dict:
@@ -180,6 +182,8 @@ def main() -> None:
         from service_latency import table  # bench/ is on sys.path (this script's folder)
 
         found["service"]["table"] = table(found["service"])
+    if "structured" in parts:
+        found["structured"] = run_json("structured_speed.py", "--model", model, *(["--quick"] if args.quick else []))
     found["minutes"] = (time.perf_counter() - t0) / 60
     (WORK / "rows.json").write_text(json.dumps(found, indent=1))
     text = results.render(found, command="bench/run.py " + " ".join(sys.argv[1:]))

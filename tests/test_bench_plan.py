@@ -59,7 +59,7 @@ def test_data_is_deterministic_and_long_chats_are_long(tmp_path):
 
 
 def test_default_plan_fits_the_40_minute_budget_and_quick_is_small():
-    parts = {"train", "demo", "generate", "data", "service"}
+    parts = {"train", "demo", "generate", "data", "service", "structured"}
     full = sum(s for _, s in plan.estimate(plan.configs(False, None), parts, 2))
     assert full < 40 * 60
     quick = plan.configs(True, None)
@@ -92,3 +92,17 @@ def test_results_show_each_round_and_met_follows_every_round(tmp_path):
     out.write_text("# old results\nold figures\n")
     results.write(out, text, history=hist)
     assert out.read_text().startswith("# tailor benchmark results") and "old figures" in hist.read_text()
+
+
+def test_results_show_the_structured_output_overhead():
+    found = {"info": {"date": "d", "cpu": "c", "cores": 2, "torch": "t", "python": "p", "threads": 2},
+             "peak": {"bf16_tflops": 1.0, "fp32_tflops": 0.1}, "rounds": 1, "structured": {
+                 "new_tokens": 64, "dtype": "bfloat16", "compile_s": 0.3,
+                 "batch1": {"wall": {"plain_tok_s": 40.0, "json_tok_s": 38.0, "overhead": 0.05},
+                            "cpu": {"overhead": 0.04}, "grammar_ms_per_step": 0.25, "step_ms": 26.0},
+                 "batch8": {"wall": {"plain_tok_s": 150.0, "json_tok_s": 120.0, "overhead": 0.2},
+                            "cpu": {"overhead": 0.12}, "grammar_ms_per_step": 1.5, "step_ms": 60.0}}}
+    lines = results.render(found, command="x").splitlines()
+    targets = [line for line in lines if line.startswith("| JSON-schema decode overhead")]
+    assert targets[0].endswith("| yes |") and targets[1].endswith("| no |") and "+20.0%" in targets[1]
+    assert any(line.startswith("| 8 | 150.0 | 120.0 | +20.0% | +12.0% | 1.50 ms of a step's 60.0 ms |") for line in lines)

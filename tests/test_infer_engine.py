@@ -114,12 +114,31 @@ def test_seeded_sampling_repeats_and_seeds_differ(dirs):
     assert _ids(engine, PROMPTS[0], p(3)) != _ids(engine, PROMPTS[0], p(4))
 
 
-def test_stop_token_ends_without_being_emitted(dirs):
+def test_stop_token_is_reported_without_text_then_ends(dirs):
     engine = _engine(dirs[0]).engine
     free = _ids(engine, PROMPTS[0], _greedy())
     stop_at = free[5]
     cut = _ids(engine, PROMPTS[0], _greedy(stop_token_ids=[stop_at]))
     assert cut == free[: free.index(stop_at)]
+    events = list(engine.generate(PROMPTS[0], _greedy(stop_token_ids=[stop_at], logprobs=True, top_logprobs=2)))
+    *content, stop, end = events
+    assert [e.token for e in content] == cut and not any(e.stop_token for e in content)
+    # evaluators read the stop token's log-probability: it comes like any token, with no text
+    assert (stop.token, stop.text, stop.stop_token, stop.finish_reason) == (stop_at, "", True, None)
+    assert stop.logprob <= 0 and stop.top_logprobs[0][0] == stop_at
+    assert end.finish_reason == "stop" and end.token is None
+
+
+def test_max_new_tokens_zero_scores_the_prompt_only(dirs):
+    from tailor.infer.engine import Request
+    from tailor.infer.sampling import SamplingParams
+
+    engine = _engine(dirs[0]).engine
+    req = engine.submit(Request(PROMPTS[2], SamplingParams(max_new_tokens=0, prompt_logprobs=True, top_logprobs=1)))
+    while engine.step():
+        pass
+    assert req.tokens == [] and req.finish_reason == "length"
+    assert len(req.prompt_logprobs) == len(PROMPTS[2]) and req.prompt_logprobs[0] is None
 
 
 def test_logprobs_match_hf_logits(dirs, hf):

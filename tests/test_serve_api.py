@@ -105,6 +105,53 @@ def test_completions_echo_and_logprobs(client):
     assert [c.index for c in two.choices] == [0, 1]
 
 
+def test_a_generated_stop_token_is_in_logprobs_and_usage(client, server, monkeypatch):
+    """lm-evaluation-harness sends echo + logprobs + max_tokens 1 and drops the last token as the
+    generated one: a stop token must be there, or the slice eats the continuation's last token."""
+    from tailor.infer.engine import generate_ids
+    from tailor.infer.sampling import SamplingParams
+    from tailor.serve.chat import prompt_ids
+
+    served = server[1].get("tiny")
+
+    def stop_on_the_greedy_token(prompt):  # the model's next token becomes its end-of-text
+        first = next(generate_ids(served.engine, prompt, SamplingParams(max_new_tokens=1, temperature=0)))
+        monkeypatch.setattr(served, "stop_ids", [first])
+
+    ask = dict(model="tiny", prompt="The quick brown fox", max_tokens=1, temperature=0, echo=True, logprobs=1)
+    free = client.completions.create(**ask)
+    stop_on_the_greedy_token(served.tokenizer.encode("The quick brown fox"))
+    r = client.completions.create(**ask)
+    lp, n_prompt = r.choices[0].logprobs, r.usage.prompt_tokens
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].text == "The quick brown fox"
+    assert r.usage.completion_tokens == 1 and len(lp.token_logprobs) == n_prompt + 1
+    assert lp.token_logprobs == pytest.approx(free.choices[0].logprobs.token_logprobs, abs=1e-5)
+    assert lp.tokens == free.choices[0].logprobs.tokens
+    assert lp.top_logprobs[-1] == pytest.approx(free.choices[0].logprobs.top_logprobs[-1])
+
+    stop_on_the_greedy_token(prompt_ids(served, HI))
+    ended = _chat(client, max_tokens=5, logprobs=True)
+    assert ended.choices[0].finish_reason == "stop" and ended.choices[0].message.content == ""
+    assert ended.usage.completion_tokens == 1 and len(ended.choices[0].logprobs.content) == 1
+    chunks = list(_chat(client, max_tokens=5, logprobs=True, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in ended.choices[0].logprobs.content])
+
+
+def test_max_tokens_zero_with_echo_scores_the_prompt(client):
+    scored = client.completions.create(model="tiny", prompt="The quick brown fox", max_tokens=0, echo=True,
+                                       logprobs=0)
+    full = client.completions.create(model="tiny", prompt="The quick brown fox", max_tokens=1, echo=True,
+                                     logprobs=0, temperature=0)
+    lp = scored.choices[0].logprobs
+    assert scored.choices[0].text == "The quick brown fox" and scored.usage.completion_tokens == 0
+    assert len(lp.token_logprobs) == scored.usage.prompt_tokens
+    assert lp.token_logprobs == pytest.approx(full.choices[0].logprobs.token_logprobs[:-1], abs=1e-5)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny", prompt="The quick brown fox", max_tokens=0)
+    assert err.value.body["param"] == "max_tokens"
+
+
 def test_n_with_seed_repeats_and_differs(client):
     a = _chat(client, n=2, seed=11, temperature=1.0, max_tokens=10)
     b = _chat(client, n=2, seed=11, temperature=1.0, max_tokens=10)

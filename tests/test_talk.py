@@ -72,3 +72,37 @@ def test_default_model_answers_four():
                         "--max-new-tokens", "40", "What is 2 + 2?"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "4" in r.stdout
+
+
+SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0,
+                                                                             "maximum": 9}},
+          "required": ["ok", "n"], "additionalProperties": False}
+
+
+def test_generate_and_chat_with_a_json_schema(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import io
+    import json
+
+    import jsonschema
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SCHEMA))
+    args = ["generate", "--model", str(tiny_model_dir), "--json-schema", str(schema), "--max-new-tokens", "40",
+            "--temperature", "1.0", "--seed", "3", "Hello"]
+    assert main(args) == 0
+    jsonschema.validate(json.loads(capsys.readouterr().out), SCHEMA)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\nAgain\n"))
+    assert main(["chat", "--model", str(tiny_model_dir), "--json-schema", str(schema), "--max-new-tokens", "40"]) == 0
+    replies = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(replies) == 2 and all(jsonschema.validate(x, SCHEMA) is None for x in replies)
+
+
+@pytest.mark.parametrize("content, words", [("{not json", ["not JSON"]), ("[1, 2]", ["object"]),
+                                             ('{"type": "object", "not": {}}', ["not"]),
+                                             ('{"$ref": "/etc/hosts"}', ["$ref", "inside the schema"])])
+def test_a_bad_json_schema_file_is_a_clean_error(tiny_model_dir, tmp_path, capsys, content, words):
+    schema = tmp_path / "schema.json"
+    schema.write_text(content)
+    assert main(["generate", "--model", str(tiny_model_dir), "--json-schema", str(schema), "hi"]) == 1
+    err = capsys.readouterr().err
+    assert str(schema) in err and all(w in err for w in words), err

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tailor import config
-from tailor.commands.talk import TalkConfig, load_for_talk, sampling
+from tailor.commands.talk import TalkConfig, load_for_talk, read_schema, sampling
 
 HELP = "Commands: /reset (forget the conversation), /system TEXT (set the system prompt), /exit."
 
@@ -34,8 +34,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     cfg = config.build(ChatConfig, {k: v for k, v in vars(args).items() if k != "command"})
     interactive = sys.stdin.isatty()
-    retriever = _retriever(cfg)  # before the model: a missing index fails fast
+    retriever = _retriever(cfg)  # before the model: a missing index (or schema) fails fast
+    schema = read_schema(cfg)
     loaded, warning = load_for_talk(cfg)
+    params = sampling(cfg, loaded, schema)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     system = cfg.system
@@ -67,10 +69,11 @@ def run(args) -> int:
             continue
         history.append({"role": "user", "content": line})
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        history.append({"role": "assistant", "content": _answer(loaded, cfg, messages, retriever, interactive)})
+        history.append({"role": "assistant", "content": _answer(loaded, cfg, params, messages, retriever,
+                                                                interactive)})
 
 
-def _answer(loaded, cfg: ChatConfig, messages: list[dict], retriever, interactive: bool) -> str:
+def _answer(loaded, cfg: ChatConfig, params, messages: list[dict], retriever, interactive: bool) -> str:
     """Stream one reply to stdout and return its text. Retrieved chunks go into this turn's
     prompt only; the caller's history keeps the plain messages."""
     from tailor.errors import TailorError
@@ -83,7 +86,7 @@ def _answer(loaded, cfg: ChatConfig, messages: list[dict], retriever, interactiv
         sys.stdout.write("assistant> ")
     reply = []
     try:
-        for piece in stream_reply(loaded, messages, sampling(cfg)):
+        for piece in stream_reply(loaded, messages, params):
             reply.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()

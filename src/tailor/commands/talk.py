@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
+
+from tailor.errors import TailorError
 
 
 @dataclass
@@ -27,6 +31,8 @@ class TalkConfig:
     quantize: Literal["int8"] | None = None
     """int8: weight-only int8 projections on a CPU (half their memory; ~96% of next tokens equal bf16's,
     a little faster at batch 1). Changes the numerics, so off by default."""
+    json_schema: str | None = None
+    """A JSON Schema file: each reply is JSON valid against it, enforced while decoding (as response_format)."""
 
 
 def load_for_talk(cfg: TalkConfig):
@@ -41,8 +47,54 @@ def load_for_talk(cfg: TalkConfig):
     return loaded, loaded.warning
 
 
-def sampling(cfg: TalkConfig):
+def sampling(cfg: TalkConfig, loaded, schema: dict | None = None):
+    """The replies' sampling parameters; `schema` (read_schema's) becomes their grammar."""
     from tailor.infer.sampling import SamplingParams
 
-    return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                          top_p=cfg.top_p, seed=cfg.seed)
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            top_p=cfg.top_p, seed=cfg.seed)
+    if schema is not None:
+        params.grammar = _compile(cfg.json_schema, schema, loaded)
+    return params
+
+
+def read_schema(cfg: TalkConfig) -> dict | None:
+    """--json-schema FILE as a dict: read before the model loads, so a bad file fails at once."""
+    if cfg.json_schema is None:
+        return None
+    path = Path(cfg.json_schema)
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TailorError(f"--json-schema {path}: cannot read it ({exc.strerror}).") from exc
+    except ValueError as exc:
+        raise TailorError(f"--json-schema {path}: not JSON ({exc}). Fix: the file holds one JSON Schema object.") \
+            from exc
+    if not isinstance(schema, dict):
+        raise TailorError(f"--json-schema {path}: a JSON Schema is an object ({{\"type\": ...}}), not "
+                          f"{type(schema).__name__}.")
+    from tailor.infer.grammar import GrammarError
+    from tailor.infer.schema import check
+
+    try:
+        check(schema, strict=False)  # limits and refs; the compiler's own checks follow once the model loads
+    except GrammarError as exc:
+        raise TailorError(_schema_problem(cfg.json_schema, exc)) from exc
+    return schema
+
+
+def _compile(name: str, schema: dict, loaded):
+    """The same checks and compiler as the server's response_format (strict: false)."""
+    from tailor.infer.grammar import GrammarError
+    from tailor.infer.loading import embedding_rows
+    from tailor.infer.schema import compile_schema
+
+    try:
+        return compile_schema(schema, strict=False, tokenizer=loaded.tokenizer, stop_ids=list(loaded.stop_ids),
+                              width=embedding_rows(loaded.engine.backend))
+    except GrammarError as exc:
+        raise TailorError(_schema_problem(name, exc)) from exc
+
+
+def _schema_problem(name: str, exc) -> str:
+    return f"--json-schema {name}{f' (at {exc.path})' if exc.path else ''}: {exc}"

@@ -22,6 +22,7 @@ import torch
 
 from tailor.infer.detok import TextStream
 from tailor.infer.sampling import Choice, RowLogits, SamplingParams, make_generator, prompt_logprobs, sample_batch
+from tailor.infer.shaping import Shaper, shape
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -34,7 +35,9 @@ class QueueFull(Exception):
 @dataclass
 class Event:
     """What a request produced in one step. A final event has `finish_reason` set:
-    "stop" (stop token or string), "length" (max tokens or context), "cancelled", or "error"."""
+    "stop" (stop token or string), "length" (max tokens or context), "cancelled", or "error".
+    A stop token is reported like any token, with no text and `stop_token` set, just before the
+    final event: OpenAI and vLLM count it and give its log-probability (evaluators read it)."""
 
     token: int | None = None
     text: str = ""
@@ -42,6 +45,7 @@ class Event:
     top_logprobs: list[tuple[int, float]] | None = None
     finish_reason: str | None = None
     error: str | None = None
+    stop_token: bool = False
 
 
 @dataclass(eq=False)
@@ -60,6 +64,7 @@ class Request:
     cancelled: bool = False
     generator: torch.Generator | None = None
     text: TextStream | None = None
+    shaper: Shaper | None = None  # bias, penalties, grammar: None when the request asks for none
 
     @property
     def done(self) -> bool:
@@ -222,6 +227,7 @@ class Engine:
     def _prefill(self, req: Request) -> None:
         p = req.params
         req.generator = make_generator(p.seed, getattr(self.backend, "device", "cpu"))
+        req.shaper = Shaper.of(p)
         tokenizer = req.tokenizer or self.tokenizer
         if tokenizer is not None:
             req.text = TextStream(tokenizer, p.stop)
@@ -231,6 +237,8 @@ class Engine:
             with torch.inference_mode():  # rows are made on demand from the prefill's inference tensors
                 req.prompt_logprobs = prompt_logprobs(rows, req.prompt, p.top_logprobs)
                 logits = rows.last()
+        if p.max_new_tokens == 0:  # scoring only (completions' echo with max_tokens 0)
+            return self._finish(req, "length")
         self._sample([req], logits[None])
 
     def _decode(self) -> None:
@@ -258,9 +266,17 @@ class Engine:
                                    [r.adapter for r in batch])
 
     def _sample(self, batch: list[Request], logits: torch.Tensor) -> None:
-        """Sample the whole batch at once; if that raises, row by row so only the bad row fails."""
+        """Sample the whole batch at once; if that raises, row by row so only the bad row fails.
+        Rows with a Shaper are sampled from changed logits; log-probabilities stay the model's."""
         try:
-            choices = sample_batch(logits, [r.params for r in batch], [r.generator for r in batch])
+            shapers = [r.shaper for r in batch]
+            if any(shapers):
+                shaped = logits.float()
+                shaped = shaped.clone() if shaped is logits else shaped  # the model's logits stay as they were
+                shape(shaped, shapers)
+                choices = sample_batch(shaped, [r.params for r in batch], [r.generator for r in batch], raw=logits)
+            else:
+                choices = sample_batch(logits, [r.params for r in batch], [r.generator for r in batch])
         except Exception as exc:
             if len(batch) == 1:
                 return self._fail(batch[0], exc)
@@ -272,13 +288,16 @@ class Engine:
                 self._fail(req, choice.error)
                 continue
             try:
-                self._accept(req, choice)
+                self._accept(req, choice, logits.shape[-1])
             except Exception as exc:  # e.g. the tokenizer cannot decode the token
                 self._fail(req, exc)
 
-    def _accept(self, req: Request, choice: Choice) -> None:
+    def _accept(self, req: Request, choice: Choice, width: int) -> None:
         """Record a sampled token, tell the client, and finish the request if it is done."""
+        if req.shaper is not None:
+            req.shaper.accept(choice.token, width, getattr(self.backend, "device", "cpu"))
         if choice.token in req.params.stop_token_ids:
+            self._emit(req, Event(choice.token, "", choice.logprob, choice.top, stop_token=True))
             return self._finish(req, "stop")
         req.tokens.append(choice.token)
         text = req.text.push(choice.token) if req.text else ""
@@ -313,7 +332,7 @@ class Engine:
 
 
 def generate_ids(engine: Engine, prompt_ids: list[int], params: SamplingParams, adapter: int = 0) -> Iterator[int]:
-    """Just the new token ids, until a stop token or max_new_tokens."""
+    """Just the new token ids, until a stop token (not included) or max_new_tokens."""
     for event in engine.generate(prompt_ids, params, adapter):
-        if event.token is not None:
+        if event.token is not None and not event.stop_token:
             yield event.token

@@ -25,6 +25,10 @@ class SamplingParams:
     logprobs: bool = False  # report the chosen token's log-probability
     top_logprobs: int = 0  # and this many most likely alternatives
     prompt_logprobs: bool = False  # log-probabilities of the prompt tokens too (completions `echo`)
+    frequency_penalty: float = 0.0  # minus this times a token's count in the reply so far (OpenAI's)
+    presence_penalty: float = 0.0  # minus this once a token is in the reply (OpenAI's)
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit; -100 bans it
+    grammar: object = None  # an infer.grammar.Grammar the reply must follow, built with stop_token_ids
 
 
 @dataclass
@@ -77,9 +81,10 @@ def _sample_one(logits: torch.Tensor, p: SamplingParams, generator) -> torch.Ten
 
 
 def sample_batch(logits: torch.Tensor, params: list[SamplingParams],
-                 generators: list[torch.Generator | None]) -> list[Choice]:
+                 generators: list[torch.Generator | None], raw: torch.Tensor | None = None) -> list[Choice]:
     """One Choice per row of `logits` [B, V]. Greedy rows share one argmax; the device is read
-    once at the end, so a step costs one sync however large the batch."""
+    once at the end, so a step costs one sync however large the batch. `raw`: the model's logits
+    before bias, penalties and masks, which log-probabilities report (vLLM's default too)."""
     logits = logits.float()
     picked = logits.argmax(-1)
     sampled = [i for i, p in enumerate(params) if p.temperature >= GREEDY_BELOW]
@@ -94,7 +99,7 @@ def sample_batch(logits: torch.Tensor, params: list[SamplingParams],
     want = [i for i, p in enumerate(params) if (p.logprobs or p.top_logprobs) and i not in failed]
     if not want:
         return [Choice(t, error=failed.get(i)) for i, t in enumerate(picked.tolist())]
-    lp = torch.log_softmax(logits[want], -1)
+    lp = torch.log_softmax((logits if raw is None else raw)[want].float(), -1)
     chosen = lp.gather(1, picked[want][:, None])[:, 0].tolist()
     k = max(params[i].top_logprobs for i in want)
     top_v, top_i = (lp.topk(k, -1) if k else (lp[:, :0], lp[:, :0].long()))

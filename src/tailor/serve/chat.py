@@ -1,7 +1,11 @@
 """POST /v1/chat/completions: render with the model's own chat template, generate n choices,
-answer as one JSON body or as a stream of SSE chunks. A model served with a document index gets
-the top chunks for the latest user turn in its prompt (rag.context's format), and the response
-names them in a top-level `tailor.sources` (a stream: in its last chunk before [DONE])."""
+answer as one JSON body or as a stream of SSE chunks. The end-of-turn token the model generated
+is in `logprobs.content` (its own text, e.g. `<|im_end|>`, never in the message) and in
+`usage.completion_tokens`, as vLLM reports it and as the completions endpoint does. A
+`response_format` or a forced tool call is enforced while decoding (serve.structured). A model
+served with a document index gets the top chunks for the latest user turn in its prompt
+(rag.context's format), and the response names them in a top-level `tailor.sources` (a stream:
+in its last chunk before [DONE])."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from tailor.data.convert import Conversation, chat_conversation
 from tailor.data.problems import Problems
 from tailor.data.templates import render_prompt
 from tailor.rag.context import sources
-from tailor.serve import tools
+from tailor.serve import structured, tools
 from tailor.serve.errors import APIError
 from tailor.serve.schemas import ChatOptions, ChatRequest
 from tailor.serve.stream import (Jobs, Meta, check_error, collect, completion_budget, error_event, off_loop, reason,
@@ -61,8 +65,9 @@ def _jobs(body: ChatRequest, served):
     requested = body.max_completion_tokens or body.max_tokens
     budget = completion_budget(served, len(prompt), requested, "messages")
     top = body.top_logprobs or 0
-    params = [sampling_params(body, served, len(prompt), budget, j, logprobs=body.logprobs, top_logprobs=top)
-              for j in range(body.n)]
+    grammar = structured.reply_grammar(body, served)
+    params = [sampling_params(body, served, len(prompt), budget, j, logprobs=body.logprobs, top_logprobs=top,
+                              grammar=grammar) for j in range(body.n)]
     return prompt, Jobs(served, [(prompt, p) for p in params]), hits
 
 
@@ -98,7 +103,7 @@ async def complete(body: ChatRequest, served, http_request) -> dict:
         if style:
             message["content"], calls = tools.read_reply(body, served, events, style)
             if calls:
-                message["tool_calls"], finish = calls, "tool_calls"
+                message["tool_calls"], finish = calls, tools.finish_reason(body)
         choices.append({"index": i, "message": message,
                         "logprobs": {"content": _logprob_entries(served, events), "refusal": None} if body.logprobs else None,
                         "finish_reason": reason(finish)})
@@ -158,9 +163,10 @@ async def _stream(body: ChatRequest, served, prompt: list[int], jobs: Jobs, hits
                 yield chunk([{"index": i, "delta": {"content": event.text},
                               "logprobs": {"content": lp, "refusal": None} if lp is not None else None,
                               "finish_reason": None}])
-            if event.finish_reason:
-                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason(event.finish_reason)}],
-                            final=ends_stream())
+            if event.finish_reason:  # with the stop token's log-probability, which has no text to ride on
+                lp = _logprob_entries(served, pending_lp[i]) if body.logprobs and pending_lp[i] else None
+                yield chunk([{"index": i, "delta": {}, "logprobs": {"content": lp, "refusal": None} if lp else None,
+                              "finish_reason": reason(event.finish_reason)}], final=ends_stream())
         if include_usage:
             yield chunk([], usage(len(prompt), generated), final=True)
         yield sse("[DONE]")
@@ -179,5 +185,6 @@ def _held_reply(body: ChatRequest, served, i: int, events, lp_events, style: str
     if calls:
         out.append({"index": i, "delta": {"tool_calls": [dict(call, index=k) for k, call in enumerate(calls)]},
                     "logprobs": lp, "finish_reason": None})
-    finish = "tool_calls" if calls else next(e.finish_reason for e in events if e.finish_reason)
-    return out + [{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason(finish)}]
+        lp = None
+    finish = tools.finish_reason(body) if calls else next(e.finish_reason for e in events if e.finish_reason)
+    return out + [{"index": i, "delta": {}, "logprobs": lp, "finish_reason": reason(finish)}]

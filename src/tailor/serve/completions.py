@@ -1,5 +1,8 @@
 """POST /v1/completions (legacy): raw text or token-id prompts, no chat template; `echo` puts
-the prompt before the completion, with its log-probabilities when `logprobs` is set."""
+the prompt before the completion, with its log-probabilities when `logprobs` is set (with
+`max_tokens: 0`, only those: how evaluators score a text). A generated stop token is in
+`logprobs` and in `usage` with no text, as OpenAI's and vLLM's are: lm-evaluation-harness drops
+the last returned token as the generated one."""
 
 from __future__ import annotations
 
@@ -39,6 +42,9 @@ def prompts(body: CompletionRequest, served) -> list[list[int]]:
 
 
 def _jobs(body: CompletionRequest, served, stream: bool = False):
+    if body.max_tokens == 0 and not body.echo:
+        raise APIError(400, "max_tokens is 0, so the completion would be empty; 0 is for scoring a prompt: "
+                            "send echo: true (with logprobs) or ask for at least 1 token.", param="max_tokens")
     ids = prompts(body, served)
     jobs = []
     top = body.logprobs or 0

@@ -40,6 +40,9 @@ class _Sampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, ge=-2**63, lt=2**63)  # a signed 64-bit integer, as OpenAI's
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None  # token id (as a string, JSON's keys) -> -100..100; see stream.py
 
     @field_validator("stop")
     @classmethod
@@ -72,11 +75,12 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None  # checked and compiled by serve/structured.py
     tailor: ChatOptions | None = None
 
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=0)  # 0 with echo: the prompt's log-probabilities only
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)

@@ -114,13 +114,36 @@ def error_event(event: Event) -> str:
 
 
 def sampling_params(body, served, prompt_len: int, max_new: int | None, index: int,
-                    logprobs: bool = False, top_logprobs: int = 0, echo_logprobs: bool = False) -> SamplingParams:
+                    logprobs: bool = False, top_logprobs: int = 0, echo_logprobs: bool = False,
+                    grammar=None) -> SamplingParams:
     seed = None if body.seed is None else body.seed + index  # n choices differ, yet repeat
     return SamplingParams(
         max_new_tokens=max_new, temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0, seed=seed,
         stop_token_ids=list(served.stop_ids), stop=body.stops(), logprobs=logprobs,
-        top_logprobs=top_logprobs, prompt_logprobs=echo_logprobs)
+        top_logprobs=top_logprobs, prompt_logprobs=echo_logprobs,
+        frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
+        logit_bias=logit_bias(body, served), grammar=grammar)
+
+
+def logit_bias(body, served) -> dict[int, float] | None:
+    """{token id: bias} from the request's string keys; 400 naming the field for an id outside
+    the model's vocabulary or a bias outside -100..100 (OpenAI's range)."""
+    if not body.logit_bias:
+        return None
+    from tailor.infer.loading import embedding_rows
+
+    vocab = embedding_rows(served.engine.backend)
+    out = {}
+    for key, value in body.logit_bias.items():
+        if not key.strip().isdigit() or not 0 <= int(key) < vocab:
+            raise APIError(400, f"logit_bias: {key!r} is not a token id of this model (0..{vocab - 1}).",
+                           param="logit_bias")
+        if not -100 <= value <= 100:
+            raise APIError(400, f"logit_bias: token {key} has bias {value}; a bias is between -100 and 100.",
+                           param="logit_bias")
+        out[int(key)] = float(value)
+    return out
 
 
 def completion_budget(served, prompt_len: int, requested: int | None, param: str) -> int:
