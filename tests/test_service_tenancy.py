@@ -49,7 +49,8 @@ def server(tmp_path_factory):
                       policy=Policy(**POLICY, push_tokens=ring.hub_tokens))
     app = create_app(reg, api_key=ring, service=service, max_uploads=1)
     with serving(app, join_timeout=60) as url:
-        yield {"url": url, "root": root, "secret": secret, "base": base, "service": service, "registry": reg}
+        yield {"url": url, "root": root, "secret": secret, "base": base, "service": service, "registry": reg,
+               "app": app}
     mp.undo()
 
 
@@ -450,13 +451,11 @@ def test_uploads_beyond_the_concurrency_bound_get_429(server):
                                                                          headers=headers, timeout=60)))
     t.start()
     try:
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            resp = httpx.post(server["url"] + "/v1/files", headers={"Authorization": f"Bearer {ALPHA}"},
-                              files={"file": ("x.txt", b"x")}, data={"purpose": "user_data"}, timeout=30)
-            if resp.status_code == 429:
-                break
-            time.sleep(0.05)
+        deadline = time.time() + 30
+        while server["app"].state.uploads_running < 1 and time.time() < deadline:
+            time.sleep(0.02)  # until the slow upload holds the one slot
+        resp = httpx.post(server["url"] + "/v1/files", headers={"Authorization": f"Bearer {ALPHA}"},
+                          files={"file": ("x.txt", b"x")}, data={"purpose": "user_data"}, timeout=30)
         assert resp.status_code == 429 and resp.headers.get("retry-after"), resp.text
     finally:
         gate.set()
