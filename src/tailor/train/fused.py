@@ -22,6 +22,9 @@ Precision policy, chosen so the loss tracks fp32 training (this is the one place
 Gradients reach the original parameters (torch.cat and casts are differentiable), so the
 optimizer, clipping and PEFT saving are unchanged.
 
+PEFT's disable_adapter() is followed at each call (the base alone, as PEFT's layers do): DPO's
+reference for LoRA is the same module with its adapters off.
+
 Packed batches (position ids that restart) and anything unusual (DoRA, LoRA on biases, several
 active adapters, quantised bases) go through the HF body instead: `wrap` returns None for an
 unsupported model and `FusedBody.__call__` hands packed batches to the HF body.
@@ -64,9 +67,10 @@ class _Proj:
         from peft.tuners.lora import LoraLayer
 
         self.bases, self.loras = [], []
+        self.peft = next((m for m in modules if isinstance(m, LoraLayer)), None)  # whose switch disable_adapter() sets
         for m in modules:
             if isinstance(m, LoraLayer):
-                _check_lora(m)
+                _check_lora(m, disabled_ok=True)
                 name = m.active_adapters[0]
                 self.loras.append((m.lora_A[name].weight, m.lora_B[name].weight, m.scaling[name],
                                    m.lora_dropout[name]))
@@ -115,6 +119,8 @@ class _Proj:
         if not self.has_lora:
             return y if acc is None else acc(y)
         out = y.float() if acc is None else acc(y)
+        if self.peft.disable_adapters:  # PEFT's disable_adapter(): the base alone, in the adapted precision,
+            return out                  # so it equals adapters whose update is zero (DPO's reference)
         u, bmat = self._lora(h, dtype, training)
         return llama.add_lora(out, u, bmat)
 
@@ -148,9 +154,11 @@ def plain_lora(m) -> bool:
     return True
 
 
-def _check_lora(m):
+def _check_lora(m, disabled_ok: bool = False):
+    """The fused projection reproduces this layer (and follows PEFT's disable_adapter() when
+    `disabled_ok`: the training forward does, the engine's copy of the weights does not)."""
     names = m.active_adapters
-    if len(names) != 1 or m.merged or m.disable_adapters:
+    if len(names) != 1 or m.merged or (m.disable_adapters and not disabled_ok):
         raise _Unsupported("several, merged or disabled adapters")
     name = names[0]
     if m.use_dora.get(name) or m.lora_bias.get(name) or m.lora_B[name].bias is not None:
