@@ -12,7 +12,7 @@ micro-batches and ranks. These are TRL DPOTrainer's formulas; its logged metrics
 the same names with `_` for `/`: rewards_chosen = beta * d_chosen (mean over pairs), and so on.
 
 Chosen and rejected share one forward: a micro-batch of n pairs is one batch of 2n sequences,
-chosen first.
+chosen first (packed into one row, without padding, for the fused body).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class DPO:
         return Work(step, {"pairs": len(pairs), "chosen_tokens": sum(trained_count(p.chosen.labels) for p in pairs)})
 
     def loss(self, body, head, micro, work: Work):
-        batch = collate_pairs([self.items[i] for i in micro], self.cfg, self.pad_id)
+        batch = collate_pairs([self.items[i] for i in micro], self.cfg, self.pad_id, body)
         n = len(micro)
         policy = sequence_sums(token_logps(body, head, batch, self.precision.compute), batch, 2 * n)
         ref = self.reference("train", micro, batch, (body, head))
@@ -77,7 +77,7 @@ class DPO:
             with torch.no_grad():
                 for s in range(0, len(order), self.cfg.batch_size):
                     idx = order[s:s + self.cfg.batch_size]
-                    batch = collate_pairs([self.val[i] for i in idx], self.cfg, self.pad_id)
+                    batch = collate_pairs([self.val[i] for i in idx], self.cfg, self.pad_id, parts[0])
                     with self.precision.autocast():
                         policy = sequence_sums(token_logps(*parts, batch, self.precision.compute), batch, 2 * len(idx))
                     ref = self.reference("val", idx, batch, parts, model=model)
@@ -92,9 +92,15 @@ class DPO:
 # ---- the maths, on tensors ------------------------------------------------------------------
 
 
-def collate_pairs(pairs, cfg, pad_id):
-    """n pairs -> one batch of 2n sequences: the chosen ones, then the rejected ones."""
+def collate_pairs(pairs, cfg, pad_id, body=None):
+    """n pairs -> one batch of 2n sequences: the chosen ones, then the rejected ones. A chosen
+    reply is often much shorter than its rejected one, so right-padding them to one length
+    wastes much of the forward; a body that attends per sequence in packed rows (the fused one)
+    gets them all in ONE row, without padding."""
     seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    if getattr(body, "packs_rows", False):
+        return collate(seqs, list(range(len(seqs))), batching="pack", max_length=sum(len(x) for x in seqs),
+                       pad_id=pad_id)
     return collate(seqs, list(range(len(seqs))), batching=cfg.batching, max_length=cfg.max_length, pad_id=pad_id)
 
 

@@ -32,7 +32,7 @@ import torch
 from tailor.train import distributed
 from tailor.train.logprobs import sequence_sums, token_logps
 
-VERSION = 1
+VERSION = 2  # bumped when how the pass computes changes (2: pairs packed in one row)
 
 
 def make(session, *, resumed: bool):
@@ -141,7 +141,7 @@ def _compute(session, pairs, resumed: bool) -> np.ndarray:
     t0, shown = time.perf_counter(), time.perf_counter()
     for s in range(0, len(order), cfg.batch_size):
         idx = order[s:s + cfg.batch_size]
-        batch = collate_pairs([pairs[i] for i in idx], cfg, session.pad_id)
+        batch = collate_pairs([pairs[i] for i in idx], cfg, session.pad_id, session.parts[0])
         v = forward(batch, 2 * len(idx), parts).double().cpu().numpy()
         out[idx, 0], out[idx, 1] = v[:len(idx)], v[len(idx):]
         if time.perf_counter() - shown > 10:
