@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +186,28 @@ def test_check_and_show_say_raw_text_trains_every_token(capsys, tmp_path, tiny_m
     assert re.search(r"packed into \d+ row\(s\) of up to max_length=16", out)
     code, out, _ = run(capsys, "show", path, "--model", tiny_model_dir)
     assert code == 0 and "every one trained" in out and "[[Doc 0. The quick brown fox.<|im_end|>]]" in out
+
+
+def test_the_dpo_example_is_its_scripts_output_and_checks_clean(tmp_path):
+    """examples/concise-dpo*.jsonl are what make_concise_data.py writes, every pair is valid, the
+    held-out questions are in neither file, and the YAML is a valid config."""
+    import importlib.util
+
+    import yaml
+
+    from tailor import config
+    from tailor.train.config import TrainConfig
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    spec = importlib.util.spec_from_file_location("_make_concise_data", examples / "make_concise_data.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    asked = set()
+    for rows, name in zip(script.build(), ("concise-dpo.jsonl", "concise-dpo-val.jsonl")):
+        text = (examples / name).read_text(encoding="utf-8")
+        assert text == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), name
+        parsed = formats.read(examples / name)
+        assert parsed.kind == "preference" and not parsed.problems.items and len(parsed.pairs) == len(rows)
+        asked |= {p.prompt[-1].content for p in parsed.pairs}
+    assert not asked & set(script.HELD_OUT)
+    config.build(TrainConfig, yaml.safe_load((examples / "concise-dpo.yaml").read_text()))
