@@ -164,9 +164,8 @@ class Session:
         self.data = load_data(cfg, self.tokenizer)  # a bad dataset stops here, before any weights load
         for w in self.data.prepared.warnings:
             self._say(f"warning: {w}")
-        what = {"preference": "preference pairs", "text": "raw-text rows (every token trained)"}.get(
-            self.data.prepared.kind, "examples")
-        self._say(f"data: {len(self.data.train)} training {what}; validation: {self.data.val_source}")
+        self._say(f"data: {len(self.data.train)} training {self.data.items_called}; validation: "
+                  f"{self.data.val_source}")
         self.precision = precision(cfg)
         for note in self.precision.notes:
             self._say(f"note: {note}")
@@ -317,9 +316,8 @@ class Session:
 
     def _data_stats(self) -> dict:
         lengths = self.data.lengths
-        what = {"preference": "preference pairs", "text": "raw-text rows"}.get(self.data.prepared.kind, "examples")
         return {"training file": f"{self.cfg.data} (sha256 {self.data.fingerprint}...)",
-                f"training {what}": len(self.data.train), "validation": self.data.val_source,
+                f"training {self.data.items_called}": len(self.data.train), "validation": self.data.val_source,
                 "tokens per epoch": int(lengths.sum()), "mean example length": f"{lengths.mean():.1f} tokens",
                 "chat template": "saved in the tokenizer (chat_template)"}
 

@@ -28,6 +28,11 @@ class Data:
         """Tokens per training item (a pair: both of its sequences)."""
         return np.array([len(e) for e in self.train], dtype=np.int64)
 
+    @property
+    def items_called(self) -> str:
+        """What a training item is, in words (the log and the model card say it)."""
+        return {"preference": "preference pairs", "text": "raw-text rows"}.get(self.prepared.kind, "examples")
+
 
 @dataclass
 class Base:
