@@ -56,7 +56,7 @@ class TrainConfig:
     truncate: bool = False
     """Cut examples longer than --max-length instead of dropping them."""
     batching: Literal["group", "pack"] = "group"
-    """group: batch examples of similar length, no cross-example masks (fastest on CPU); pack: concatenate examples into rows of --max-length with a block-diagonal causal mask."""
+    """group: batch examples of similar length, no cross-example masks (fastest on CPU); pack: concatenate examples into rows of --max-length, each attending to itself only. DPO on the fused forward packs each micro-batch's pairs into one row either way (a chosen reply is often much shorter than its rejected one)."""
     chat_template: str | None = None
     """For a base model without a chat template: chatml (default), llama3, alpaca, or a .jinja file."""
 
