@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.tailor-installed
 
-.PHONY: demo rag-demo test test-fast bench install gguf clean
+.PHONY: demo rag-demo dpo-demo test test-fast bench install gguf clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ demo: $(STAMP)
 # Retrieval, fine-tuning, or both: the four-way table on made-up documents (examples/rag/).
 rag-demo: $(STAMP)
 	@$(PY) examples/rag_demo.py
+
+# Preference tuning (DPO) toward short answers: answers before and after, held-out preference accuracy.
+dpo-demo: $(STAMP)
+	@$(PY) examples/dpo_demo.py
 
 test: $(STAMP)
 	@$(PY) -m pytest -q

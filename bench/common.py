@@ -110,3 +110,47 @@ def stop_server(server, timeout: float) -> None:
         server.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         server.kill()
+
+
+def pair_tokens(tokenizer, path: str) -> list[tuple[list[int], list[int], int]]:
+    """Per preference pair (conversational prompt/chosen/rejected): the ids of prompt + chosen and
+    of prompt + rejected, and where the completions start (the prompt's length with its
+    generation prompt). Both tools' models are scored on these same tokens."""
+    out = []
+    for line in open(path, encoding="utf-8"):
+        row = json.loads(line)
+        start = len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"])
+        ids = [list(tokenizer.apply_chat_template(row["prompt"] + row[k], tokenize=True, return_dict=True)["input_ids"])
+               for k in ("chosen", "rejected")]
+        out.append((ids[0], ids[1], start))
+    return out
+
+
+def pair_logps(model, tokenizer, path: str) -> list[tuple[float, float]]:
+    """(log p(chosen), log p(rejected)) per pair: each completion's summed token log-probabilities
+    (its end-of-turn marker and the newline after it included, as TRL counts them), fp32."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for chosen, rejected, start in pair_tokens(tokenizer, path):
+            sums = []
+            for ids in (chosen, rejected):
+                x = torch.tensor([ids], device=device)
+                logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), -1)
+                sums.append(float(logp[start - 1:].gather(1, x[0, start:, None]).sum()))
+            out.append((sums[0], sums[1]))
+    return out
+
+
+def heldout_dpo_loss(policy: list[tuple[float, float]], reference: list[tuple[float, float]], beta: float) -> dict:
+    """The sigmoid DPO loss and preference accuracy over held-out pairs, from both models' log-probs."""
+    import math
+
+    margins = [beta * ((pc - rc) - (pr - rr)) for (pc, pr), (rc, rr) in zip(policy, reference)]
+    loss = sum(max(-m, 0.0) + math.log1p(math.exp(-abs(m))) for m in margins) / len(margins)  # softplus(-m)
+    return {"val_dpo_loss": loss, "val_accuracy": sum(m > 0 for m in margins) / len(margins),
+            "val_margin": sum(margins) / len(margins)}

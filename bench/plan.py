@@ -40,6 +40,18 @@ ALL = [
 ]
 
 
+# DPO vs TRL's DPOTrainer (bench/dpo_data.py pairs of short shop chats, ~2 x 170 tokens each):
+# batch 4 pairs, LoRA and full, alternating rounds. lr: the usual DPO range, lower than SFT's.
+DPO_SIZES = {"full": {"train": 64, "val": 16}, "quick": {"train": 16, "val": 4}}
+DPO_TOKENS = 340  # per pair, both sequences
+DPO = [{"name": "dpo-b4-lora", "method": "lora", "batch": 4, "accum": 1, "steps": 5, "rounds": 2, "lr": "2e-4"},
+       {"name": "dpo-b4-full", "method": "full", "batch": 4, "accum": 1, "steps": 5, "rounds": 2, "lr": "5e-6"}]
+
+
+def dpo_configs(quick: bool) -> list[dict]:
+    return [{**c, "steps": 2, "rounds": 1} for c in DPO[:1]] if quick else DPO
+
+
 def configs(quick: bool, names: str | None) -> list[dict]:
     if names:
         chosen = [c for c in ALL if c["name"] in names.split(",")]
@@ -72,6 +84,15 @@ def estimate(configs_: list[dict], parts: set, rounds: int, quick: bool = False)
         per_round = sum(START_S[t] + tokens / RATE[(t, c["method"])] + score for t in tools)
         extra = START_S["trl-fp32"] + tokens / RATE[("trl-fp32", c["method"])] + score if c["fp32_peer"] else 0
         out.append((f"train {c['name']} x{min(rounds, c['rounds'])}", per_round * min(rounds, c["rounds"]) + extra))
+    if "dpo" in parts:
+        n = DPO_SIZES["quick" if quick else "full"]
+        for c in dpo_configs(quick):
+            # each tool: start, a reference pass over the training pairs (forward only, ~3x faster
+            # per token than a step), the steps, the held-out scoring; TRL's rate as for SFT
+            work = (c["steps"] + 1) * c["batch"] * DPO_TOKENS + n["train"] * DPO_TOKENS / 3
+            score = n["val"] * DPO_TOKENS / SCORE_TOKENS_PER_S
+            per_round = sum(START_S[t] + work / RATE[(t, c["method"])] + score for t in ("trl-bf16", "tailor"))
+            out.append((f"dpo {c['name']} x{min(rounds, c['rounds'])}", per_round * min(rounds, c["rounds"])))
     if "generate" in parts:
         out.append(("decode + server", OTHER_S["generate"] + OTHER_S["generate-round"] * rounds))
     out += [(p, OTHER_S[p]) for p in ("demo", "data", "service", "structured") if p in parts]

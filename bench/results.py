@@ -190,6 +190,57 @@ scored by one function (bench/common.py heldout_loss, fp32, one example at a tim
 | peak RSS | ru_maxrss after training, before scoring | the same | |"""
 
 
+# ---- DPO vs TRL's DPOTrainer (bench/run.py bench_dpo) ------------------------------------------
+
+DPO_TOKENS_X, DPO_RSS_X = 3.0, 0.6  # DPO targets (issue 21); the loss tolerance is LOSS_TOLERANCE
+
+
+def _dpo_runs(rows: list[dict], config: str, tool: str) -> list[dict]:
+    return sorted((r for r in rows if r["config"] == config and r["tool"] == tool), key=lambda r: r["round"])
+
+
+def dpo_target_rows(found: dict) -> list[str]:
+    rows, out = found.get("dpo") or [], []
+    for c in found.get("dpo_configs", []):
+        pairs = list(zip(_dpo_runs(rows, c["name"], "tailor"), _dpo_runs(rows, c["name"], "trl-bf16")))
+        if not pairs:
+            continue
+        speed = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in pairs]
+        rss = [a["peak_rss_mb"] / b["peak_rss_mb"] for a, b in pairs]
+        loss = [a["val_dpo_loss"] / b["val_dpo_loss"] - 1 for a, b in pairs]
+        out += [f"| DPO tokens/s >= {DPO_TOKENS_X:g}x TRL-bf16 DPOTrainer | {c['name']} | "
+                f"{' / '.join(f'{x:.2f}x' for x in speed)} | {_met(speed, lambda x: x >= DPO_TOKENS_X)} |",
+                f"| DPO peak RSS <= {DPO_RSS_X:g}x TRL-bf16 | {c['name']} | {' / '.join(f'{x:.2f}x' for x in rss)} | "
+                f"{_met(rss, lambda x: x <= DPO_RSS_X)} |",
+                f"| DPO held-out preference loss within 2% of TRL-bf16 | {c['name']} | "
+                f"{' / '.join(f'{d:+.1%}' for d in loss)} | {_met(loss, lambda d: abs(d) <= LOSS_TOLERANCE)} |"]
+    return out
+
+
+def dpo_table(found: dict) -> list[str]:
+    rows = found.get("dpo") or []
+    lines = ["| config | tool | tokens/s per round | peak RSS MB | first step s | held-out DPO loss (base: ln 2 = "
+             "0.693) | held-out preference accuracy |", "|---|---|---|---|---|---|---|"]
+    for c in found.get("dpo_configs", []):
+        for tool in ("trl-bf16", "tailor"):
+            runs = _dpo_runs(rows, c["name"], tool)
+            if runs:
+                cols = [" / ".join(_fmt(r.get(key), spec) for r in runs) for key, spec in (
+                    ("tokens_per_s", ",.0f"), ("peak_rss_mb", ",.0f"), ("first_step_s", ".1f"),
+                    ("val_dpo_loss", ".4f"), ("val_accuracy", ".2f"))]
+                lines.append(f"| {c['name']} | {tool} | " + " | ".join(cols) + " |")
+    return lines
+
+
+DPO_SETTINGS = (
+    "Both tools train the same pairs (bench/dpo_data.py) in the same order, batch 4 pairs, sigmoid loss, "
+    "beta 0.1, constant lr, the first step untimed. TRL runs bf16 autocast with precompute_ref_log_probs "
+    "(no reference forward in the timed steps; for full fine-tuning no second model), tailor its default "
+    "cached reference (the same idea); both passes count in the time to first step, not in tokens/s. Each "
+    "tool's final model is scored on the held-out pairs by bench/common.py against the base model's "
+    "log-probs (one computation for both). Tokens are real tokens of both sequences of each pair.")
+
+
 def decode_table(gen: dict) -> list[str]:
     lines = ["| batch-1 decode (greedy, 50-token prompt, 64 new tokens) | tokens/s per round |", "|---|---|"]
     names = {"hf-fp32": "HF generate fp32", "hf-bf16": "HF generate bf16", "tailor": "tailor engine bf16",
@@ -230,12 +281,15 @@ def render(found: dict, command: str) -> str:
         f"{found.get('minutes', 0):.0f} min). Measured matmul peak (torch.mm 2048^3): bf16 "
         f"{peak['bf16_tflops']:.2f} TFLOP/s, fp32 {peak['fp32_tflops']:.2f} TFLOP/s.", "",
         "## Targets (performance issue, section 2); each round's ratio, tailor / peer", "",
-        "| target | config | per round | met? |", "|---|---|---|---|", *target_rows(found), "",
+        "| target | config | per round | met? |", "|---|---|---|---|", *target_rows(found),
+        *dpo_target_rows(found), "",
     ]
     if found.get("train"):
         lines += ["## Training: tailor vs TRL SFTTrainer", "",
                   "Configs: shape (short ~150 tokens, long ~1,000), batch (4, or 16 = micro-batch 4 x accumulation 4), "
                   "method. Figures are per round, in round order.", "", *training_table(found), "", SETTINGS, ""]
+    if found.get("dpo"):
+        lines += ["## DPO: tailor vs TRL DPOTrainer", "", *dpo_table(found), "", DPO_SETTINGS, ""]
     if found.get("demo"):
         d = found["demo"]
         lines += [f"`make demo`'s training (`tailor train examples/pirate-lora.yaml`, command start to exit): "

@@ -14,10 +14,13 @@
 4. Data preparation and the fine-tuning service (as before), one round each.
 5. Structured outputs: decode tokens/s with and without a JSON schema's grammar at batch 1 and 8
    (bench/structured_speed.py; target: at most 10% slower).
+6. DPO vs TRL's DPOTrainer in its best CPU configuration (bf16, reference log-probs precomputed),
+   LoRA and full, the same pairs in the same order, alternating for --rounds rounds: tokens/s,
+   peak RSS, and the held-out preference loss (both scored against the base model's log-probs).
 Every ratio compares figures measured in this same run. Results: bench/RESULTS.md (the previous
 RESULTS.md moves to the top of bench/HISTORY.md) and bench/.work/rows.json.
 
-    .venv/bin/python bench/run.py [--rounds 2] [--only train,demo,generate,data,service,structured] [--quick]
+    .venv/bin/python bench/run.py [--rounds 2] [--only train,demo,generate,data,service,structured,dpo] [--quick]
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import results
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 PY = sys.executable
-PARTS = "train,demo,generate,data,service,structured"
+PARTS = "train,demo,generate,data,service,structured,dpo"
 
 
 def run_json(script: str, *args: str, env: dict | None = None, timeout: int = 1800, optional: bool = False) -> dict:
@@ -98,6 +101,30 @@ def bench_train(model: str, files: dict, configs: list[dict], rounds: int) -> tu
             print("    " + "  ".join(f"{g['tool']}: {g['tokens_per_s']:.0f} tok/s, loss {g['val_loss']:.3f}, "
                                      f"first step {results._fmt(g['first_step_s'], '.1f')}s" for g in got), flush=True)
     return rows, base
+
+
+def bench_dpo(model: str, configs: list[dict], rounds: int, quick: bool) -> list[dict]:
+    import dpo_data
+
+    sizes = bench_plan.DPO_SIZES["quick" if quick else "full"]
+    train, val, ref = WORK / "dpo-train.jsonl", WORK / "dpo-val.jsonl", WORK / "dpo-reference.json"
+    dpo_data.write(str(train), n=sizes["train"], split="train")
+    dpo_data.write(str(val), n=sizes["val"], split="val")
+    run_json("dpo_reference.py", "--model", model, "--val", str(val), "--out", str(ref))
+    rows = []
+    for r in range(rounds):
+        for c in configs:
+            if r >= c["rounds"]:
+                continue
+            print(f"DPO {c['name']}, round {r + 1}/{min(rounds, c['rounds'])}", flush=True)
+            args = ["--model", model, "--data", str(train), "--val", str(val), "--reference", str(ref),
+                    "--method", c["method"], "--steps", str(c["steps"]), "--batch-size", str(c["batch"]),
+                    "--grad-accum", str(c["accum"]), "--lr", c["lr"]]
+            got = [run_json("peer_trl_dpo.py", *args, "--bf16"), run_json("run_tailor_dpo.py", *args)]
+            rows += [{**g, "config": c["name"], "round": r} for g in got]
+            print("    " + "  ".join(f"{g['tool']}: {g['tokens_per_s']:.0f} tok/s, held-out DPO loss "
+                                     f"{g['val_dpo_loss']:.4f}, peak {g['peak_rss_mb']:,.0f} MB" for g in got), flush=True)
+    return rows
 
 
 def tailor_generate_flags(given: str | None) -> list[str] | None:
@@ -172,6 +199,9 @@ def main() -> None:
         found["n_params"] = results.n_params(model)
     if "demo" in parts:
         found["demo"] = run_json("demo_train.py")
+    if "dpo" in parts:
+        found["dpo_configs"] = bench_plan.dpo_configs(args.quick)
+        found["dpo"] = bench_dpo(model, found["dpo_configs"], rounds, args.quick)
     if "generate" in parts:
         found["generate"] = bench_generate(model, rounds, tailor_generate_flags(args.tailor_generate_flags))
     if "data" in parts:

@@ -106,3 +106,42 @@ def test_results_show_the_structured_output_overhead():
     targets = [line for line in lines if line.startswith("| JSON-schema decode overhead")]
     assert targets[0].endswith("| yes |") and targets[1].endswith("| no |") and "+20.0%" in targets[1]
     assert any(line.startswith("| 8 | 150.0 | 120.0 | +20.0% | +12.0% | 1.50 ms of a step's 60.0 ms |") for line in lines)
+
+
+def test_dpo_pairs_prefer_the_brief_reply_and_held_out_questions_are_new(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(BENCH))  # dpo_data imports its sibling dataset.py
+    try:
+        dpo_data = _load("dpo_data")
+    finally:
+        sys.path.remove(str(BENCH))
+    train, val = tmp_path / "t.jsonl", tmp_path / "v.jsonl"
+    dpo_data.write(str(train), n=40, split="train")
+    dpo_data.write(str(val), n=12, split="val")
+    rows = [json.loads(x) for x in train.read_text().splitlines()]
+    for r in rows:
+        chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        assert chosen in rejected and len(rejected) > len(chosen) and chosen.endswith(dataset.SIGN_OFF)
+        assert r["prompt"][0]["role"] == "system" and r["prompt"][-1]["role"] == "user"
+    asked = {tuple(m["content"] for m in json.loads(x)["prompt"]) for x in val.read_text().splitlines()}
+    assert not asked & {tuple(m["content"] for m in r["prompt"]) for r in rows}
+
+
+def test_dpo_results_show_each_target_per_round():
+    found = {"info": {"date": "d", "cpu": "c", "cores": 2, "torch": "t", "python": "p", "threads": 2},
+             "peak": {"bf16_tflops": 1.0, "fp32_tflops": 0.1}, "rounds": 2,
+             "dpo_configs": [{"name": "dpo-b4-lora"}],
+             "dpo": [{"config": "dpo-b4-lora", "round": r, "tool": tool, "tokens_per_s": tps, "peak_rss_mb": rss,
+                      "val_dpo_loss": loss, "val_accuracy": 1.0, "first_step_s": 9.0}
+                     for r, tool, tps, rss, loss in ((0, "trl-bf16", 100, 4000, 0.20), (0, "tailor", 310, 2000, 0.201),
+                                                     (1, "trl-bf16", 100, 4000, 0.20), (1, "tailor", 290, 2600, 0.21))]}
+    text = results.render(found, command="x")
+    speed = next(ln for ln in text.splitlines() if ln.startswith("| DPO tokens/s"))
+    assert "3.10x / 2.90x" in speed and speed.endswith("| mixed |")
+    rss = next(ln for ln in text.splitlines() if ln.startswith("| DPO peak RSS"))
+    assert "0.50x / 0.65x" in rss and rss.endswith("| mixed |")
+    loss = next(ln for ln in text.splitlines() if ln.startswith("| DPO held-out"))
+    assert "+0.5% / +5.0%" in loss and "## DPO: tailor vs TRL DPOTrainer" in text
+    assert "| dpo-b4-lora | tailor | 310 / 290 |" in text
+    assert sum(s for _, s in plan.estimate([], {"dpo"}, 2)) > 0

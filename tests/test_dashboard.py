@@ -116,6 +116,22 @@ def test_show_marks_the_reply_and_its_end_of_turn_as_trained(server):
     assert out.status_code == 400 and "1 valid example" in out.json()["error"]["message"]
 
 
+def test_show_gives_both_completions_of_a_preference_pair(server):
+    pair = {"input": {"messages": [{"role": "user", "content": "Capital of France?"}]},
+            "preferred_output": [{"role": "assistant", "content": "Paris."}],
+            "non_preferred_output": [{"role": "assistant", "content": "Great question! It is Paris."}]}
+    fid = _api(server, "POST", "/v1/files", files={"file": ("pair.jsonl", json.dumps(pair).encode())},
+               data={"purpose": "fine-tune"}).json()["id"]
+    r = _api(server, "GET", f"/v1/tailor/files/{fid}/show", params={"model": "tiny"}).json()
+    assert r["examples"] == 1 and r["line"] == 1
+    trained = [s["text"].strip() for s in r["segments"] if s["trained"]]
+    assert trained == ["Paris.<|im_end|>", "Great question! It is Paris.<|im_end|>"]
+    text = "".join(s["text"] for s in r["segments"])
+    assert text.index("--- chosen ---") < text.index("Paris.") < text.index("--- rejected ---")
+    check = _api(server, "GET", f"/v1/tailor/files/{fid}/check", params={"model": "tiny"}).json()
+    assert check["kind"] == "preference" and check["examples"] == 1 and check["errors"] == 0
+
+
 def test_another_projects_file_is_unknown_to_the_extension(tmp_path):
     from tailor.serve.app import create_app
     from tailor.serve.registry import Registry

@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from trainkit import write_chat_jsonl
+from trainkit import write_chat_jsonl, write_preference_jsonl
 from servekit import assert_serves_folder, served_greedy, serving
 from tiny import save_tiny
 
@@ -113,7 +113,9 @@ def test_an_upload_over_the_limit_is_413(client):
 @pytest.mark.parametrize("kw, param, code", [
     ({"model": "no/such-model-here"}, "model", "model_not_found"),
     ({"training_file": "file-nope"}, "training_file", "invalid_training_file"),
-    ({"method": {"type": "dpo", "dpo": {}}}, "method.type", "unsupported_method"),
+    ({"method": {"type": "dpo", "dpo": {}}}, "training_file", "invalid_training_file"),  # a supervised file
+    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}}}, "method.dpo.hyperparameters.beta", None),
+    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}}, "method.dpo.hyperparameters.beta", None),
     ({"method": {"type": "reinforcement"}}, "method.type", "unsupported_method"),
     ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs", None),
     ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": "big"}}}},
@@ -392,3 +394,65 @@ def test_job_listing_pages_newest_first_with_has_more(client, server, train_file
             assert client.fine_tuning.jobs.cancel(jid).status == "cancelled"
     finally:
         server["service"].worker.max_jobs = 1
+
+
+# ---- preference tuning (method dpo) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pairs_file(client, tmp_path_factory):
+    path = write_preference_jsonl(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", 16, seed=4)
+    return client.files.create(file=("pairs.jsonl", path.read_bytes()), purpose="fine-tune")
+
+
+def test_a_file_of_the_wrong_kind_for_the_method_is_400_with_line_and_field(client, train_file, pairs_file):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id, method={"type": "dpo"})
+    body = err.value.body
+    assert body["param"] == "training_file" and body["code"] == "invalid_training_file"
+    assert "line 1" in body["message"] and "'preferred_output'" in body["message"] and "'supervised'" in body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model="tiny", training_file=pairs_file.id)  # supervised by default
+    assert err.value.body["param"] == "training_file" and "use method 'dpo'" in err.value.body["message"]
+    bad = b"".join(json.dumps({"input": {"messages": [{"role": "user", "content": f"q{i}"}]},
+                               "preferred_output": [{"role": "assistant", "content": "a"}],
+                               "non_preferred_output": [] if i == 3 else [{"role": "assistant", "content": "b"}]}
+                              ).encode() + b"\n" for i in range(12))
+    f = client.files.wait_for_processing(client.files.create(file=("bad.jsonl", bad), purpose="fine-tune").id,
+                                         poll_interval=0.1)
+    assert f.status == "error" and "line 4, non_preferred_output" in f.status_details
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model="tiny", training_file=f.id, method={"type": "dpo"})
+    assert "line 4" in err.value.body["message"]
+
+
+def test_dpo_on_an_sft_model_the_two_stage_flow(client, train_file, pairs_file, server):
+    """SFT first, then DPO on the ft: model it made, with unchanged SDK calls; the DPO job reports
+    the values it used (beta auto = 0.1), its events and result file carry the DPO metrics, and
+    both models answer."""
+    sft = _wait(client, client.fine_tuning.jobs.create(model="tiny", training_file=train_file.id, suffix="stage1",
+                                                       extra_body={"tailor": {**FAST, "max_steps": 2}}).id)
+    assert sft.status == "succeeded", sft.error
+    job = client.fine_tuning.jobs.create(
+        model=sft.fine_tuned_model, training_file=pairs_file.id, suffix="stage2",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto", "batch_size": 4, "n_epochs": 1}}},
+        extra_body={"tailor": {**FAST, "max_steps": 3}})
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.1
+    assert job.method.dpo.hyperparameters.batch_size == 4 and job.hyperparameters.n_epochs == 1
+    done = _wait(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model.startswith("ft:") and ":stage2:" in done.fine_tuned_model
+    saved = (server["service"].store.root / "jobs" / job.id / "out" / "config.yaml").read_text()
+    assert "objective: dpo" in saved and "beta: 0.1" in saved
+    steps = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"
+             and "train_loss" in e.data]
+    assert len(steps) == 3 and all("train_rewards_margin" in e.data and "train_rewards_accuracy" in e.data
+                                   for e in steps)
+    assert "reward margin=" in steps[-1].message
+    first = min(steps, key=lambda e: e.data["step"])
+    assert abs(first.data["train_loss"] - 0.6931) < 1e-3  # step 0: the policy is its reference, the SFT model
+    csv = client.files.content(done.result_files[0]).text.splitlines()
+    assert "train_rewards_margin" in csv[0] and "valid_rewards_accuracy" in csv[0] and len(csv) == 4
+    for model in (sft.fine_tuned_model, done.fine_tuned_model):
+        r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        assert r.usage.completion_tokens >= 1

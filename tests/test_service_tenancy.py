@@ -126,7 +126,7 @@ def test_a_named_or_inline_chat_template_is_a_tenant_option(server, alpha, alpha
 
 @pytest.mark.parametrize("key, value", [
     ("keep_checkpoints", 100000), ("max_steps", 10 ** 12), ("lora_r", 10 ** 6), ("lora_r", "1000000"),
-    ("grad_accum", 1000), ("max_length", 100000),
+    ("grad_accum", 1000), ("max_length", 100000), ("rpo_alpha", 100.0),
 ])
 def test_training_knobs_past_the_operators_bounds_are_refused(server, alpha, alpha_file, key, value):
     err = _refused(alpha, model="tiny", training_file=alpha_file.id, extra_body={"tailor": {key: value}})
@@ -136,7 +136,7 @@ def test_training_knobs_past_the_operators_bounds_are_refused(server, alpha, alp
 
 @pytest.mark.parametrize("key, value", [
     ("nproc", 64), ("parallel", "fsdp"), ("device", "cuda"), ("compile", True), ("fused", False),
-    ("push_to_hub", "operator/their-repo"),
+    ("push_to_hub", "operator/their-repo"), ("dpo_reference", "copy"),
 ])
 def test_operator_only_options_are_refused_naming_the_key_and_why(server, alpha, alpha_file, key, value):
     err = _refused(alpha, model="tiny", training_file=alpha_file.id, extra_body={"tailor": {key: value}})

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from trainkit import write_chat_jsonl
+from trainkit import write_chat_jsonl, write_preference_jsonl
 
 from tailor.train import TrainConfig, train
 
@@ -197,6 +197,23 @@ def test_grad_accum_2_times_2_ranks_times_batch_1_equals_batch_4(root, tiny_mode
                                             nproc=2), "-m", "tailor")
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_run(out, lora_reference)
+
+
+def test_dpo_on_2_ranks_equals_one_process_and_resumes_after_kill(root, tiny_model_dir):
+    """DPO (LoRA, cached reference computed on rank 0 and shared): 2 ranks x 2 pairs is the
+    1-process run of 4 pairs, the last step's single pair included; a run whose rank 1 is
+    SIGKILLed at step 5 resumes from checkpoint 3 to the same losses and weights."""
+    data = write_preference_jsonl(root / "pairs.jsonl", 27, seed=5)
+    keys = _keys(tiny_model_dir, data, root / "dpo-ref", objective="dpo", lr=5e-3)
+    reference = train(TrainConfig(**keys), quiet=True)
+    out = root / "dpo-ddp"
+    proc = _tailor(root, "dpo-ddp", {**keys, "out": str(out), "batch_size": 2, "nproc": 2}, "-m", "tailor")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_run(out, reference)
+    margins = [json.loads(ln)["rewards_margin"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    want = [json.loads(ln)["rewards_margin"] for ln in (reference.out / "metrics.jsonl").read_text().splitlines()]
+    assert margins == pytest.approx(want, abs=1e-6) and margins[-1] > 0
+    _assert_same_run(_kill_and_resume(root, "dpo-killed", {**keys, "batch_size": 2}), reference)
 
 
 def test_an_error_on_one_rank_ends_the_job_with_its_message(root, tiny_model_dir):

@@ -94,13 +94,24 @@ def test_partial_lora_targets_match_hf(tiny_model_dir):
 def test_fallbacks(tiny_model_dir):
     dora = _model(tiny_model_dir, "lora", dora=True)
     assert not isinstance(decoder_parts(dora)[0], fused.FusedBody)
-    model = _model(tiny_model_dir, "full")
+    assert not isinstance(decoder_parts(_model(tiny_model_dir, "full"), fused=False)[0], fused.FusedBody)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_packed_rows_equal_hf_block_diagonal_mask(tiny_model_dir, method):
+    """Packed rows (position ids restarting per example) run in the fused body, each example
+    attending to itself only: the loss and gradients of HF's block-diagonal mask, fp32."""
+    model = _model(tiny_model_dir, method)
     body, head = decoder_parts(model)
     hf_body = decoder_parts(model, fused=False)[0]
-    packed = _batch(model.config.vocab_size, batching="pack")
-    assert packed.position_ids is not None  # packed rows go through the HF body's block-diagonal mask
-    assert float(batch_loss(body, head, packed, torch.float32)[0]) == float(batch_loss(hf_body, head, packed, torch.float32)[0])
-    assert not isinstance(decoder_parts(_model(tiny_model_dir, "full"), fused=False)[0], fused.FusedBody)
+    packed = collate(random_examples(7, model.config.vocab_size, seed=3, lo=8, hi=30), list(range(7)),
+                     batching="pack", max_length=64, pad_id=2)
+    assert packed.position_ids is not None and packed.input_ids.shape[0] < 7  # several examples per row
+    got = _loss_and_grads(model, body, head, packed)
+    want = _loss_and_grads(model, hf_body, head, packed)
+    assert got[0] == pytest.approx(want[0], rel=1e-5) and got[1] == want[1]
+    for name, g in want[2].items():
+        torch.testing.assert_close(got[2][name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def _train(model, body, head, batches, steps, autocast, lr):

@@ -8,7 +8,8 @@ import torch
 from trainkit import write_chat_jsonl
 
 from tailor.errors import TailorError
-from tailor.train import TrainConfig, checkpoint, loop, memory, train
+from tailor.train import TrainConfig, checkpoint, memory, train
+from tailor.train.objectives import sft
 from tailor.train.memory import GIB, Run, Shape, estimate, plan
 from tailor.train.setup import Precision
 
@@ -95,7 +96,7 @@ def test_fit_leaves_a_fitting_run_and_cpu_runs_alone(tiny_model_dir, monkeypatch
 
 def test_out_of_memory_mid_run_saves_a_checkpoint_and_names_the_resume(tmp_path, tiny_model_dir, monkeypatch):
     data = write_chat_jsonl(tmp_path / "train.jsonl", 20, seed=1)
-    real, calls = loop.batch_loss, []
+    real, calls = sft.batch_loss, []
 
     def failing(*a, **k):
         calls.append(1)
@@ -103,7 +104,7 @@ def test_out_of_memory_mid_run_saves_a_checkpoint_and_names_the_resume(tmp_path,
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*a, **k)
 
-    monkeypatch.setattr(loop, "batch_loss", failing)
+    monkeypatch.setattr(sft, "batch_loss", failing)
     cfg = TrainConfig(data=str(data), model=str(tiny_model_dir), out=str(tmp_path / "run"), max_steps=6,
                       batch_size=5, val_split=0, eval_samples=0, save_every=100, eval_every=100, device="cpu")
     with pytest.raises(TailorError) as err:

@@ -43,3 +43,23 @@ def random_examples(n: int, vocab: int, *, seed: int = 0, lo: int = 5, hi: int =
         out.append(Ex(ids, labels, line=i + 1))
     return out
 
+
+
+def write_preference_jsonl(path: Path, n: int, *, seed: int = 0, style: str = "openai") -> Path:
+    """n learnable preference pairs, deterministic: the chosen reply greets like a pirate, the
+    rejected one plainly, around the same random words (so a held-out pair is new words, same rule).
+    style: openai (input/preferred_output/non_preferred_output) or trl (prompt/chosen/rejected strings)."""
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for i in range(n):
+            q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8)))
+            a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 8)))
+            prompt, chosen, rejected = f"{i}: {q}?", f"Ahoy matey, arr! {a}.", f"Hello! How can I help you? {a}."
+            if style == "trl":
+                line = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+            else:
+                line = {"input": {"messages": [{"role": "user", "content": prompt}]},
+                        "preferred_output": [{"role": "assistant", "content": chosen}],
+                        "non_preferred_output": [{"role": "assistant", "content": rejected}]}
+            f.write(json.dumps(line) + "\n")
+    return path

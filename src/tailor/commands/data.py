@@ -15,7 +15,8 @@ def add_arguments(parser) -> None:
                            description="Validate a JSONL dataset: every problem with its line and field, then a "
                                        "summary. With --model also token counts. Exit 0: no errors; 1: errors; "
                                        "2: usage mistake.")
-    check.add_argument("file", help="The JSONL file (OpenAI chat, prompt/completion, Alpaca or ShareGPT).")
+    check.add_argument("file", help="The JSONL file: supervised (OpenAI chat, prompt/completion, Alpaca, ShareGPT), "
+                                    "preference pairs (OpenAI DPO, prompt/chosen/rejected) or raw text ({\"text\": ...}).")
     check.add_argument("--model", default=None,
                        help="Model whose tokenizer and chat template count the tokens (a folder, .gguf, hub id, "
                             "'default').")
@@ -23,7 +24,8 @@ def add_arguments(parser) -> None:
     check.add_argument("--json", action="store_true", help="Print one JSON object instead of text.")
     show = sub.add_parser("show", help="Print one example as the model sees it, trained tokens highlighted.",
                           description="Print one example rendered with the model's chat template; the tokens "
-                                      "trained on are green (or in [[ ]] when not a terminal).")
+                                      "trained on are green (or in [[ ]] when not a terminal). A preference pair shows "
+                                      "both completions; raw text is trained on every token.")
     show.add_argument("file", help="The JSONL file.")
     show.add_argument("--model", default="default", help="Model whose tokenizer and chat template render it.")
     which = show.add_mutually_exclusive_group()
@@ -96,19 +98,19 @@ def show(args) -> int:
     from tailor.errors import TailorError
 
     parsed = formats.read(_file(args.file))
-    convs = parsed.conversations
+    items = parsed.items
     if args.line is not None:
-        picked = [c for c in convs if c.line == args.line]
+        picked = [c for c in items if c.line == args.line]
         if not picked:
             raise UsageError(f"line {args.line} holds no valid example (the file has {parsed.lines} lines; "
                              f"run `tailor data check {args.file}` for its problems).")
         conv = picked[0]
     else:
-        if not -len(convs) <= args.index < len(convs):
-            raise UsageError(f"--index {args.index} is out of range: the file has {len(convs)} valid example(s).")
-        conv = convs[args.index]
+        if not -len(items) <= args.index < len(items):
+            raise UsageError(f"--index {args.index} is out of range: the file has {len(items)} valid example(s).")
+        conv = items[args.index]
     tokenizer = _tokenizer(args.model)
-    warning = ensure_chat_template(tokenizer, args.chat_template)
+    warning = None if parsed.kind == "text" else ensure_chat_template(tokenizer, args.chat_template)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     if parsed.problems.error_count:

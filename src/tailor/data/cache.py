@@ -41,7 +41,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def _code_fingerprint() -> bytes:
     """The source of the modules that decide what a store holds: a change to them is a new key."""
     h = hashlib.sha256()
-    for name in ("formats.py", "render.py", "dataset.py", "problems.py", "templates.py"):
+    for name in ("formats.py", "convert.py", "preference.py", "render.py", "ingest.py", "dataset.py", "problems.py",
+                 "templates.py"):
         h.update((Path(__file__).parent / name).read_bytes())
     return h.digest()
 

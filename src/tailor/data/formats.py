@@ -1,26 +1,40 @@
 """Read a JSONL dataset, detect its format, validate every line, and convert each example into
-one internal type: a Conversation.
+the internal type of its kind.
 
-Four formats are understood (one per file): OpenAI chat (`messages`), prompt/completion,
-Alpaca (`instruction`/`input`/`output`) and ShareGPT (`conversations`). Every problem is
-collected, not just the first, each with its line, field path, what is wrong and the fix, so a
-user can repair a file in one pass.
+Three kinds of data, each in its formats (one format per file):
+  chat        (supervised) OpenAI chat (`messages`), prompt/completion, Alpaca
+              (`instruction`/`input`/`output`) and ShareGPT (`conversations`) -> Conversation
+  preference  (DPO) OpenAI's DPO lines and TRL's prompt/chosen/rejected -> Preference
+  text        (continued pretraining) `{"text": ...}` -> Text
+Every problem is collected, not just the first, each with its line, field path, what is wrong
+and the fix, so a user can repair a file in one pass.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tailor.data.convert import CONVERTERS, Conversation, Message, type_name
+from tailor.data import convert, preference
+from tailor.data.convert import Conversation, Message, type_name
+from tailor.data.preference import Preference, Text
 from tailor.data.problems import Problems
 
-__all__ = ["FORMAT_NAMES", "Conversation", "Message", "Parsed", "detect_format", "read"]
+__all__ = ["FORMAT_NAMES", "Conversation", "Message", "Parsed", "Preference", "Text", "detect_format", "kind_of",
+           "peek_kind", "read"]
 
 FORMAT_NAMES = {"chat": "OpenAI chat", "prompt_completion": "prompt/completion",
-                "alpaca": "Alpaca", "sharegpt": "ShareGPT"}
+                "alpaca": "Alpaca", "sharegpt": "ShareGPT", "openai_preference": "OpenAI preference (DPO)",
+                "trl_preference": "prompt/chosen/rejected preference", "text": "raw text"}
+KINDS = {"openai_preference": "preference", "trl_preference": "preference", "text": "text"}  # the rest: chat
+CONVERTERS = {**convert.CONVERTERS, **preference.CONVERTERS}
+
+
+def kind_of(fmt: str | None) -> str:
+    """chat (supervised examples), preference (pairs for DPO) or text (raw text)."""
+    return KINDS.get(fmt or "", "chat")
 
 
 @dataclass
@@ -32,17 +46,51 @@ class Parsed:
     conversations: list[Conversation]
     problems: Problems
     lines: int = 0
+    pairs: list[Preference] = field(default_factory=list)
+    texts: list[Text] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.format)
+
+    @property
+    def items(self) -> list:
+        """The file's examples, of its kind: Conversations, Preferences or Texts."""
+        return {"chat": self.conversations, "preference": self.pairs, "text": self.texts}[self.kind]
 
 
 def detect_format(obj: dict) -> str | None:
     if "messages" in obj:
         return "chat"
+    if any(k in obj for names in preference.OPENAI_OUTPUTS for k in names):
+        return "openai_preference"
+    if "chosen" in obj or "rejected" in obj:
+        return "trl_preference"
     if "conversations" in obj:
         return "sharegpt"
     if "instruction" in obj or ("output" in obj and "prompt" not in obj):
         return "alpaca"
     if "prompt" in obj or "completion" in obj:
         return "prompt_completion"
+    if "text" in obj:
+        return "text"
+    return None
+
+
+def peek_kind(path: str | Path) -> str | None:
+    """The kind of data a file holds, from its first line that is a JSON object (None when none
+    is): enough to refuse the wrong file before rendering the whole of it."""
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                try:
+                    obj = json.loads(raw.decode("utf-8-sig"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    continue
+                if isinstance(obj, dict) and detect_format(obj):
+                    return kind_of(detect_format(obj))
+    except OSError:
+        return None
     return None
 
 
@@ -94,16 +142,17 @@ def parse_bytes(raw: bytes, path: Path, problems: Problems) -> Parsed:
             problems.error(number, "", "missing_messages_list",
                            f"no recognised fields (found: {', '.join(sorted(obj)) or 'none'})",
                            'give "messages": [...], or "prompt"+"completion", "instruction"+"output", '
-                           'or "conversations"')
+                           '"conversations", a preference pair ("input"+"preferred_output"+"non_preferred_output", '
+                           'or "prompt"+"chosen"+"rejected"), or "text"')
             continue
         formats.setdefault(fmt, number)
         if parsed.format is None:
             parsed.format = fmt
         elif fmt != parsed.format:
             continue  # reported once below, for the first line that differs
-        conv = CONVERTERS[fmt](obj, number, problems)
-        if conv is not None:
-            parsed.conversations.append(conv)
+        item = CONVERTERS[fmt](obj, number, problems)
+        if item is not None:
+            parsed.items.append(item)
     if crlf:
         problems.warning(1, "", "crlf", f"{crlf} line(s) end with CRLF (Windows line endings); they are read "
                          "as if they ended with LF", "convert the file to LF endings (dos2unix)")
@@ -147,17 +196,22 @@ def _check_mixed(formats: dict[str, int], parsed: Parsed, problems: Problems) ->
 
 
 def _check_file(parsed: Parsed, problems: Problems) -> None:
-    n = len(parsed.conversations)
+    n = len(parsed.items)
     if parsed.format is not None and 0 < n < 10:
         problems.warning(0, "", "too_few_examples", f"only {n} example(s); OpenAI requires at least 10",
                          "add more examples (50-100 well-chosen ones usually help clearly)")
     seen: dict[bytes, int] = {}
-    for conv in parsed.conversations:
+    for item in parsed.items:
         # a digest, not the text: a 100,000-line file must not be held twice
-        key = hashlib.blake2b(json.dumps([m.template_dict() for m in conv.messages] + [conv.tools],
-                                         sort_keys=True).encode(), digest_size=16).digest()
+        key = hashlib.blake2b(json.dumps(_digest_source(item), sort_keys=True).encode(), digest_size=16).digest()
         if key in seen:
-            problems.warning(conv.line, "", "duplicate_example", f"exact duplicate of line {seen[key]}",
+            problems.warning(item.line, "", "duplicate_example", f"exact duplicate of line {seen[key]}",
                              "remove the repeat (duplicates weigh an example twice)")
         else:
-            seen[key] = conv.line
+            seen[key] = item.line
+
+
+def _digest_source(item):
+    if isinstance(item, Conversation):
+        return [m.template_dict() for m in item.messages] + [item.tools]
+    return item.digest_source()

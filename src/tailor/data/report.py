@@ -1,5 +1,5 @@
 """What `tailor data check` and `tailor data show` print: a summary (text or one JSON object)
-and one example with its trained tokens marked."""
+and one example with its trained tokens marked (a preference pair: both of its completions)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tailor.data.dataset import Analysis, select
-from tailor.data.formats import FORMAT_NAMES, Conversation
+from tailor.data.dataset import Analysis
+from tailor.data.examples import select, select_pairs, text_rows
+from tailor.data.formats import FORMAT_NAMES, Conversation, Preference, Text, kind_of
 from tailor.data.problems import Problem, Problems
+
+KIND_NAMES = {"chat": "supervised examples (tailor train --objective sft)",
+              "preference": "preference pairs (tailor train --objective dpo)",
+              "text": "raw text (tailor train --objective sft: continued pretraining; every token is trained, "
+                      "the documents packed end to end into rows of --max-length)"}
 
 GREEN, DIM, RESET = "\033[1;32m", "\033[2m", "\033[0m"
 OPEN, CLOSE = "[[", "]]"
@@ -28,41 +34,67 @@ def auto_epochs(n: int) -> int:
 
 
 def token_stats(analysis: Analysis, max_length: int | None, truncate: bool) -> dict | None:
-    """Token counts over the rendered examples, and what max_length does to them."""
+    """Token counts over the rendered examples (a pair's two sequences together), and what
+    max_length does to them."""
     store = analysis.store
     if store is None or not len(store.index):
         return None
+    kind = kind_of(store.meta["format"])
     lengths, trained = store.index[:, 1], store.index[:, 2]
-    over = int((lengths > max_length).sum()) if max_length else 0
+    if kind == "preference":
+        lengths, trained = lengths[0::2] + lengths[1::2], trained[0::2] + trained[1::2]
     stats = {"per_example": {"min": int(lengths.min()), "median": float(np.median(lengths)),
                              "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max())},
-             "total": int(lengths.sum()), "trained": int(trained.sum()),
-             "max_length": max_length, "over_max_length": over}
-    if over:
-        rows, kept, notes = select(store, max_length, truncate)
+             "total": int(lengths.sum()), "trained": int(trained.sum()), "max_length": max_length}
+    if kind == "text":  # nothing is dropped: the documents are packed into rows
+        stats["rows"] = len(text_rows(store, max_length))
+        return stats
+    if kind == "preference":
+        longest = np.maximum(store.index[0::2, 1], store.index[1::2, 1])
+        stats["over_max_length"] = int((longest > max_length).sum()) if max_length else 0
+    else:
+        stats["over_max_length"] = int((lengths > max_length).sum()) if max_length else 0
+    if stats["over_max_length"]:
+        if kind == "preference":
+            pairs, _ = select_pairs(store, max_length, truncate)
+            kept, tokens = len(pairs), int(pairs.lengths.sum())
+        else:
+            rows, kept_lengths, _ = select(store, max_length, truncate)
+            kept, tokens = int(len(rows)), int(kept_lengths.sum())
         stats["over_max_length_action"] = "truncated" if truncate else "dropped"
-        stats["examples_after_max_length"] = int(len(rows))
-        stats["tokens_after_max_length"] = int(kept.sum())
+        stats["examples_after_max_length"] = kept
+        stats["tokens_after_max_length"] = tokens
     return stats
 
 
 def add_length_warning(problems: Problems, analysis: Analysis, max_length: int | None, truncate: bool) -> None:
     if analysis.store is None or not max_length:
         return
-    _, _, notes = select(analysis.store, max_length, truncate)
-    for note in notes:
-        problems.warning(0, "", "too_long", note, "raise --max-length, shorten those examples, or use --truncate"
-                         if not truncate else "raise --max-length or shorten those examples")
+    kind = kind_of(analysis.store.meta["format"])
+    if kind == "preference":
+        notes = list(select_pairs(analysis.store, max_length, truncate)[1].items())
+    else:
+        notes = [("too_long", note) for note in select(analysis.store, max_length, truncate)[2]] if kind == "chat" else []
+    fixes = {"prompt_too_long": "shorten those prompts or raise --max-length (--truncate cannot keep them)",
+             "too_long": "raise --max-length, shorten those examples, or use --truncate" if not truncate
+             else "raise --max-length or shorten those examples"}
+    for name, note in notes:
+        problems.warning(0, "", name, note, fixes[name])
 
 
 def summary(analysis: Analysis, max_length: int | None = None, truncate: bool = False,
             model: str | None = None) -> dict:
     problems = analysis.problems
-    n = len(analysis.store.index) if analysis.store is not None else len(analysis.parsed.conversations)
+    kind = analysis.parsed.kind
+    if analysis.store is not None:
+        n = len(analysis.store.index) // (2 if kind == "preference" else 1)
+    else:
+        n = len(analysis.parsed.items)
     out = {
         "file": str(analysis.parsed.path),
         "format": analysis.parsed.format,
         "format_name": FORMAT_NAMES.get(analysis.parsed.format or "", None),
+        "kind": kind,
         "lines": analysis.parsed.lines,
         "examples": n,
         "errors": problems.error_count,
@@ -87,7 +119,10 @@ def format_summary(s: dict) -> str:
     lines += ["  " + Problem(**p).text() for p in s["problems"]]
     lines.append("")
     lines.append(f"format:    {s['format_name'] or 'unknown'}")
-    lines.append(f"examples:  {s['examples']} valid of {s['lines']} line(s)")
+    if s["format"]:
+        lines.append(f"kind:      {KIND_NAMES[s['kind']]}")
+    pairs = " pairs" if s["kind"] == "preference" else ""
+    lines.append(f"examples:  {s['examples']} valid{pairs} of {s['lines']} line(s)")
     for kind in ("errors", "warnings"):
         if s[f"{kind}_by_kind"]:
             counts = ", ".join(f"{k} {v}" for k, v in sorted(s[f"{kind}_by_kind"].items()))
@@ -96,17 +131,28 @@ def format_summary(s: dict) -> str:
         lines.append(f"template:  {s['template_warning']}")
     t = s.get("tokens")
     if t:
-        pe = t["per_example"]
-        lines.append(f"tokens:    per example min {pe['min']} / median {pe['median']:g} / p95 {pe['p95']:g} / "
-                     f"max {pe['max']} ({s['model']})")
-        lines.append(f"           total {t['total']}, trained (assistant) {t['trained']} "
-                     f"({100 * t['trained'] / max(1, t['total']):.1f}%)")
-        if t["max_length"]:
-            fate = t.get("over_max_length_action", "dropped")
-            lines.append(f"           over max_length={t['max_length']}: {t['over_max_length']} example(s)"
-                         + (f", {fate}" if t["over_max_length"] else ""))
+        lines += _token_lines(t, s["kind"], s["model"])
     lines.append(f"epochs:    {s['epochs_auto']} with n_epochs=auto (OpenAI's rule for {s['examples']} examples)")
     return "\n".join(lines)
+
+
+def _token_lines(t: dict, kind: str, model: str | None) -> list[str]:
+    pe = t["per_example"]
+    per = {"chat": "example", "preference": "pair (both sequences)", "text": "document"}[kind]
+    trained = {"chat": "trained (assistant)", "preference": "trained (the completions)",
+               "text": "trained (every token)"}[kind]
+    out = [f"tokens:    per {per} min {pe['min']} / median {pe['median']:g} / p95 {pe['p95']:g} / max {pe['max']} "
+           f"({model})", f"           total {t['total']}, {trained} {t['trained']} "
+           f"({100 * t['trained'] / max(1, t['total']):.1f}%)"]
+    if kind == "text":
+        if t["max_length"]:
+            out.append(f"           packed into {t['rows']} row(s) of up to max_length={t['max_length']} tokens")
+        return out
+    if t["max_length"]:
+        fate = t.get("over_max_length_action", "dropped")
+        out.append(f"           over max_length={t['max_length']}: {t['over_max_length']} "
+                   f"{'pair' if kind == 'preference' else 'example'}(s)" + (f", {fate}" if t["over_max_length"] else ""))
+    return out
 
 
 def to_json(s: dict) -> str:
@@ -149,15 +195,40 @@ def marked(renderer, conv: Conversation) -> Marked:
     return Marked(runs, len(enc.ids), int(mask.sum()), spans.method, spans.lost_calls)
 
 
-def show(renderer, conv: Conversation, color: bool) -> str:
-    """The conversation as the model sees it, trained characters highlighted (colour) or wrapped
-    in [[ ]] (no terminal)."""
-    m = marked(renderer, conv)
+def show(renderer, item, color: bool) -> str:
+    """The example as the model sees it, trained characters highlighted (colour) or wrapped in
+    [[ ]] (no terminal): a conversation, both completions of a preference pair, or raw text."""
     on, off = (GREEN, RESET) if color else (OPEN, CLOSE)
-    body = "".join(on + text + off if trained else text for text, trained in m.runs)
     legend = (f"{GREEN}green{RESET} = trained on" if color else f"{OPEN}...{CLOSE} = trained on")
-    head = f"line {conv.line}: {m.tokens} tokens, {m.trained_tokens} trained ({legend}; spans by {m.method})"
-    if m.lost_calls:
-        head += (f"\nwarning: the chat template does not write tool calls; {m.lost_calls} call(s) are "
-                 "missing from what the model sees")
-    return head + "\n" + body
+    if isinstance(item, Text):
+        return _show_text(renderer.tokenizer, item, on, off, legend)
+    if isinstance(item, Preference):
+        parts = [(which, marked(renderer, item.conversation(which))) for which in ("chosen", "rejected")]
+        head = (f"line {item.line}: preference pair; " + "; ".join(
+            f"{which} {m.tokens} tokens, {m.trained_tokens} trained" for which, m in parts) + f" ({legend})")
+        body = "".join(f"\n--- {which} ---\n" + _body(m, on, off) for which, m in parts)
+        return head + _lost_calls(sum(m.lost_calls for _, m in parts)) + body
+    m = marked(renderer, item)
+    head = f"line {item.line}: {m.tokens} tokens, {m.trained_tokens} trained ({legend}; spans by {m.method})"
+    return head + _lost_calls(m.lost_calls) + "\n" + _body(m, on, off)
+
+
+def _body(m: Marked, on: str, off: str) -> str:
+    return "".join(on + text + off if trained else text for text, trained in m.runs)
+
+
+def _lost_calls(n: int) -> str:
+    if not n:
+        return ""
+    return (f"\nwarning: the chat template does not write tool calls; {n} call(s) are missing from what the "
+            "model sees")
+
+
+def _show_text(tokenizer, item: Text, on: str, off: str, legend: str) -> str:
+    """Raw text as training reads it: the tokenizer's own special tokens around it and an EOS
+    after it, every token trained."""
+    enc = tokenizer.backend_tokenizer.encode(item.text, add_special_tokens=True)
+    ids = enc.ids + ([] if enc.ids and enc.ids[-1] == tokenizer.eos_token_id else [tokenizer.eos_token_id])
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    return (f"line {item.line}: raw text, {len(ids)} tokens, every one trained ({legend}; training packs the "
+            f"documents end to end into rows of --max-length)\n" + on + text + off)

@@ -89,24 +89,43 @@ def show_example(request: Request, file_id: str, model: str, index: int = 0) -> 
 
     meta, path = _file_path(request, file_id)
     tokenizer = _tokenizer(request, model)
-    convs = formats.read(path).conversations
-    if not -len(convs) <= index < len(convs):
-        raise APIError(400, f"index {index} is out of range: {meta['filename']} has {len(convs)} valid "
+    items = formats.read(path).items
+    if not -len(items) <= index < len(items):
+        raise APIError(400, f"index {index} is out of range: {meta['filename']} has {len(items)} valid "
                             "example(s).", param="index")
-    conv = convs[index]
+    item = items[index]
     try:
-        return {"file_id": file_id, "model": model, "index": index, "examples": len(convs),
-                **segments(Renderer(tokenizer), conv)}
+        return {"file_id": file_id, "model": model, "index": index, "examples": len(items),
+                **segments(Renderer(tokenizer), item)}
     except RenderError as exc:
-        raise APIError(400, f"line {conv.line}: the chat template refused this conversation: {exc}",
+        raise APIError(400, f"line {item.line}: the chat template refused this conversation: {exc}",
                        param="index") from exc
 
 
-def segments(renderer, conv) -> dict:
+def segments(renderer, item) -> dict:
     """The example as the model sees it: runs of text, each trained on or not, marked by whole
-    tokens as `tailor data show` marks them."""
+    tokens as `tailor data show` marks them. A preference pair: its chosen conversation, then
+    its rejected one; raw text: all of it trained."""
+    from tailor.data.formats import Preference, Text
     from tailor.data.report import marked
 
-    m = marked(renderer, conv)
-    return {"line": conv.line, "tokens": m.tokens, "trained_tokens": m.trained_tokens, "method": m.method,
-            "lost_tool_calls": m.lost_calls, "segments": [{"text": t, "trained": on} for t, on in m.runs]}
+    if isinstance(item, Text):
+        ids = renderer.tokenizer(item.text)["input_ids"] + [renderer.tokenizer.eos_token_id]
+        text = renderer.tokenizer.decode(ids, skip_special_tokens=False)
+        return {"line": item.line, "tokens": len(ids), "trained_tokens": len(ids), "method": "raw text",
+                "lost_tool_calls": 0, "segments": [{"text": text, "trained": True}]}
+    if isinstance(item, Preference):
+        parts = [("--- chosen ---\n", item.conversation("chosen")),
+                 ("\n\n--- rejected ---\n", item.conversation("rejected"))]
+    else:
+        parts = [("", item)]
+    out = {"line": item.line, "tokens": 0, "trained_tokens": 0, "method": "", "lost_tool_calls": 0, "segments": []}
+    for head, conv in parts:
+        m = marked(renderer, conv)
+        out["tokens"] += m.tokens
+        out["trained_tokens"] += m.trained_tokens
+        out["lost_tool_calls"] += m.lost_calls
+        out["method"] = m.method
+        out["segments"] += ([{"text": head, "trained": False}] if head else []) + [
+            {"text": t, "trained": on} for t, on in m.runs]
+    return out

@@ -80,7 +80,8 @@ def store_bytes(store: Store, project: str, filename: str, purpose: str, data: b
 
 
 def check(data: bytes, filename: str) -> dict:
-    """The data checker's verdict as FileObject fields (+ `_examples`, the valid example count)."""
+    """The data checker's verdict as FileObject fields (+ `_examples`, the valid example count, and
+    `_kind`: chat, preference or text)."""
     from tailor.data import formats
     from tailor.data.problems import Problem, Problems
 
@@ -88,12 +89,12 @@ def check(data: bytes, filename: str) -> dict:
     parsed = formats.parse_bytes(data, Path(filename), problems)
     errors = problems.sorted()
     errors = [p for p in errors if p.severity == "error"]
-    n = len(parsed.conversations)
+    n = len(parsed.items)  # conversations, preference pairs or raw-text documents
     if not errors:
-        return {"status": "processed", "_examples": n}
+        return {"status": "processed", "_examples": n, "_kind": parsed.kind}
     shown = "; ".join(Problem.text(p) for p in errors[:_DETAILS])
     more = f" (and {len(errors) - _DETAILS} more)" if len(errors) > _DETAILS else ""
-    return {"status": "error", "_examples": n,
+    return {"status": "error", "_examples": n, "_kind": parsed.kind,
             "status_details": f"{len(errors)} error(s) in {filename}: {shown}{more}"}
 
 

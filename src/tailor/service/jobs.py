@@ -23,7 +23,13 @@ _RESERVED = {"data": "training_file", "val": "validation_file", "model": "model"
              "seed": "seed", "epochs": "hyperparameters.n_epochs", "batch_size": "hyperparameters.batch_size",
              "lr": "hyperparameters.learning_rate_multiplier", "report_to": "integrations",
              "run_name": "integrations", "tracker_project": "integrations", "tracker_tags": "integrations",
-             "tracker_entity": "integrations"}
+             "tracker_entity": "integrations", "objective": "method.type",
+             "beta": "method.dpo.hyperparameters.beta"}
+# method type -> (hyperparameters with (kind, low, high) bounds, the data kind its files hold); OpenAI's spec bounds
+_COMMON = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256), "learning_rate_multiplier": (float, 1e-6, 100.0)}
+METHODS = {"supervised": (_COMMON, ("chat", "text")),
+           "dpo": ({**_COMMON, "beta": (float, 1e-6, 2.0)}, ("preference",))}
+AUTO_BETA = 0.1  # TRL's default, and the DPO paper's
 _SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 # model -> (training reference, name used in fine_tuned_model); raises ServiceError when unknown
@@ -43,26 +49,29 @@ def create(store: Store, project: str, req: dict, resolve_model: ModelResolver,
     if not isinstance(model, str) or not model:
         raise invalid("Missing required parameter: 'model'.", "model", "missing_required_parameter")
     ref, base_name = resolve_model(model)
-    train_file = _data_file(store, project, req.get("training_file"), "training_file", required=True)
-    val_file = _data_file(store, project, req.get("validation_file"), "validation_file", required=False)
-    hyper = _hyperparameters(req)
+    kind, hyper = _hyperparameters(req)
+    train_file = _data_file(store, project, req.get("training_file"), "training_file", required=True, method=kind)
+    val_file = _data_file(store, project, req.get("validation_file"), "validation_file", required=False,
+                          method=kind)
     suffix, seed, metadata = _suffix(req.get("suffix")), _seed(req.get("seed")), _metadata(req.get("metadata"))
     n = train_file["_examples"]
     resolved = {"n_epochs": _auto_epochs(n) if hyper["n_epochs"] == "auto" else hyper["n_epochs"],
                 "batch_size": AUTO_BATCH_SIZE if hyper["batch_size"] == "auto" else hyper["batch_size"],
                 "learning_rate_multiplier": 1.0 if hyper["learning_rate_multiplier"] == "auto"
                 else hyper["learning_rate_multiplier"]}
-    train_cfg = _train_config(ref, req.get("tailor"), resolved, seed, policy, project)
+    if kind == "dpo":
+        resolved["beta"] = AUTO_BETA if hyper["beta"] == "auto" else hyper["beta"]
+    train_cfg = _train_config(ref, req.get("tailor"), resolved, seed, policy, project, kind)
     wired = integrations.parse(req.get("integrations"))
     jid = new_id("ftjob-")
     train_cfg.update(integrations.train_settings(wired, jid, model))
     now = int(time.time())
     job = {"id": jid, "object": "fine_tuning.job", "created_at": now, "error": None, "fine_tuned_model": None,
-           "finished_at": None, "hyperparameters": resolved, "model": model, "organization_id": f"org-{project}",
+           "finished_at": None, "hyperparameters": {k: resolved[k] for k in _COMMON}, "model": model, "organization_id": f"org-{project}",
            "result_files": [], "seed": seed, "status": "validating_files", "trained_tokens": None,
            "training_file": train_file["id"], "validation_file": val_file["id"] if val_file else None,
            "estimated_finish": None, "integrations": wired, "metadata": metadata, "user_provided_suffix": suffix,
-           "method": {"type": "supervised", "supervised": {"hyperparameters": resolved}},
+           "method": {"type": kind, kind: {"hyperparameters": resolved}},
            "_train": train_cfg, "_model_name": f"ft:{base_name}:{project}:{suffix or ''}:{jid[6:14]}",
            "_project": project}
     with store.transaction():  # the quota check and the insert as one
@@ -77,7 +86,7 @@ def create(store: Store, project: str, req: dict, resolve_model: ModelResolver,
     return job
 
 
-def _data_file(store: Store, project: str, fid, param: str, *, required: bool) -> dict | None:
+def _data_file(store: Store, project: str, fid, param: str, *, required: bool, method: str) -> dict | None:
     code = f"invalid_{param}"
     if fid is None and not required:
         return None
@@ -91,36 +100,69 @@ def _data_file(store: Store, project: str, fid, param: str, *, required: bool) -
     if f["status"] != "processed":
         raise invalid(f"File '{fid}' is not a valid training file: {f.get('status_details') or f['status']}",
                       param, code)
+    _check_kind(store, f, param, method)
     if param == "training_file" and f["_examples"] < files.MIN_EXAMPLES:
         raise invalid(f"Training file has {f['_examples']} example(s), but must have at least "
                       f"{files.MIN_EXAMPLES} examples", param, "invalid_n_examples")
     return f
 
 
-def _hyperparameters(req: dict) -> dict:
+_KIND_WORDS = {"chat": "supervised examples ('messages', 'prompt'/'completion', ...)",
+               "text": "raw text ('text')",
+               "preference": "preference pairs ('input', 'preferred_output', 'non_preferred_output')"}
+
+
+def _check_kind(store: Store, f: dict, param: str, method: str) -> None:
+    """A dpo job trains on preference pairs, a supervised one on anything else: a file of the
+    other kind is a 400 naming its first line, the fields the method needs, and the fix."""
+    kind = f.get("_kind")
+    if kind is None:  # a file checked before the service recorded kinds: look at its first line
+        from tailor.data.formats import peek_kind
+
+        path = store.blob_path("files", f["id"])
+        kind = (peek_kind(path) if path else None) or "chat"
+    needs = METHODS[method][1]
+    if kind in needs:
+        return
+    if method == "dpo":
+        fix = ("every line needs 'input' ({\"messages\": [...]}), 'preferred_output' and 'non_preferred_output' (one "
+               "assistant message each), or 'prompt', 'chosen' and 'rejected'")
+        other = "use method 'supervised' for it"
+    else:
+        fix = "give conversations ('messages'), prompt/completion pairs or raw text ('text')"
+        other = "use method 'dpo' for it"
+    raise invalid(f"File '{f['id']}' is not {method} data: line 1 holds {_KIND_WORDS[kind]}; {fix}, or {other}.",
+                  param, f"invalid_{param}")
+
+
+def _hyperparameters(req: dict) -> tuple[str, dict]:
+    """(method type, its hyperparameters as given: numbers or "auto")."""
     method = req.get("method") or {"type": "supervised"}
     if not isinstance(method, dict):
         raise invalid("'method' must be an object like {\"type\": \"supervised\"}.", "method")
     kind = method.get("type", "supervised")
-    if kind in ("dpo", "reinforcement"):
-        raise invalid(f"Fine-tuning method '{kind}' is not supported yet; use 'supervised'.", "method.type",
-                      "unsupported_method")
-    if kind != "supervised":
-        raise invalid(f"Unknown fine-tuning method '{kind}'; use 'supervised'.", "method.type")
-    given = ((method.get("supervised") or {}).get("hyperparameters")) or {}
+    if kind == "reinforcement":
+        raise invalid("Fine-tuning method 'reinforcement' is not supported yet; use 'supervised' or 'dpo'.",
+                      "method.type", "unsupported_method")
+    if kind not in METHODS:
+        raise invalid(f"Unknown fine-tuning method '{kind}'; use 'supervised' or 'dpo'.", "method.type")
+    bounds = METHODS[kind][0]
+    body = method.get(kind) or {}
+    if not isinstance(body, dict):
+        raise invalid(f"'method.{kind}' must be an object.", f"method.{kind}")
+    given = body.get("hyperparameters") or {}
     legacy = req.get("hyperparameters") or {}
     if given and legacy:
-        raise invalid("Give hyperparameters once: in method.supervised.hyperparameters (or the older "
+        raise invalid(f"Give hyperparameters once: in method.{kind}.hyperparameters (or the older "
                       "top-level 'hyperparameters'), not both.", "hyperparameters")
-    given, where = (given, "method.supervised.hyperparameters") if given else (legacy, "hyperparameters")
+    given, where = (given, f"method.{kind}.hyperparameters") if given else (legacy, "hyperparameters")
     if not isinstance(given, dict):
         raise invalid(f"'{where}' must be an object.", where)
-    unknown = sorted(set(given) - {"n_epochs", "batch_size", "learning_rate_multiplier"})
+    unknown = sorted(set(given) - set(bounds))
     if unknown:
         raise invalid(f"Unknown hyperparameter(s): {', '.join(unknown)}.", f"{where}.{unknown[0]}")
     out = {}
-    for name, kind_, lo, hi in (("n_epochs", int, 1, 50), ("batch_size", int, 1, 256),
-                                ("learning_rate_multiplier", float, 1e-6, 100.0)):
+    for name, (kind_, lo, hi) in bounds.items():
         value = given.get(name, "auto")
         ok = value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
                                  and (kind_ is float or float(value).is_integer()))
@@ -128,7 +170,7 @@ def _hyperparameters(req: dict) -> dict:
             raise invalid(f"Invalid {name}: {value!r}; give \"auto\" or a number from {lo:g} to {hi:g}.",
                           f"{where}.{name}")
         out[name] = value if value == "auto" else kind_(value)
-    return out
+    return kind, out
 
 
 def _auto_epochs(n: int) -> int:
@@ -164,7 +206,8 @@ def _metadata(value) -> dict:
     return dict(value)
 
 
-def _train_config(ref: str, knobs, resolved: dict, seed: int, policy: tenancy.Policy, project: str) -> dict:
+def _train_config(ref: str, knobs, resolved: dict, seed: int, policy: tenancy.Policy, project: str,
+                  method: str = "supervised") -> dict:
     """The TrainConfig (as a dict) this job runs: the `tailor` object's knobs (a tenant's, so
     within the operator's allowlist and bounds), then the job's own."""
     from tailor import config
@@ -190,6 +233,8 @@ def _train_config(ref: str, knobs, resolved: dict, seed: int, policy: tenancy.Po
         lr = METHOD_DEFAULTS[cfg.method]["lr"] * resolved["learning_rate_multiplier"]
         own = {"model": ref, "epochs": resolved["n_epochs"], "seed": seed, "batch_size": resolved["batch_size"],
                "lr": lr, "data": "-"}  # data: the worker gives the job's own copy of the file
+        if method == "dpo":
+            own.update(objective="dpo", beta=resolved["beta"])
         cfg = config.build(TrainConfig, {"keep_checkpoints": min(KEEP_CHECKPOINTS, policy.max_keep_checkpoints)},
                            knobs, own)
         resolve(cfg)

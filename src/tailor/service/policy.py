@@ -21,6 +21,7 @@ TENANT_KNOBS = frozenset({
     "schedule", "warmup", "min_lr_ratio", "weight_decay", "max_grad_norm", "dtype",
     "log_every", "eval_every", "eval_samples", "sample_max_tokens", "val_split", "val_max",
     "save_every", "keep_checkpoints", "max_steps", "gradient_checkpointing", "chat_template",
+    "dpo_loss", "rpo_alpha", "dpo_reference",  # DPO's own (objective and beta come from method.dpo)
 })
 # Operator-only options, with the reason a tenant is told.
 OPERATOR_ONLY = {
@@ -102,6 +103,10 @@ def check_options(knobs: dict, policy: Policy, project: str) -> None:
                           f"with `tailor serve --allow-option {k}`.", f"tailor.{key}", "option_not_allowed")
         if k == "chat_template" and k not in (policy.allow_option or ()):
             _check_template(value, policy)
+        if k == "dpo_reference" and value != "cached" and k not in (policy.allow_option or ()):
+            raise invalid("tailor.dpo_reference may only be `cached` here: `copy` holds a second copy of the model "
+                          "in memory for the whole job. The operator can open it with `tailor serve --allow-option "
+                          "dpo_reference`.", "tailor.dpo_reference", "option_not_allowed")
 
 
 def check_bounds(cfg, knobs: dict, policy: Policy, context: int | None) -> None:
@@ -126,7 +131,8 @@ def _bounds(policy: Policy) -> dict[str, tuple[float, str]]:
             "grad_accum": (policy.max_grad_accum, "--max-grad-accum"),
             "eval_samples": (policy.max_eval_samples, "--max-eval-samples"),
             "sample_max_tokens": (policy.max_sample_tokens, "--max-sample-tokens"),
-            "val_max": (10000, "limit")}
+            "val_max": (10000, "limit"),
+            "rpo_alpha": (10.0, "limit")}
 
 
 def _check_template(value, policy: Policy) -> None:

@@ -35,6 +35,9 @@ from tailor.service.store import Store, new_id
 
 log = logging.getLogger(__name__)
 CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+# A DPO run's metrics (tailor.train.objectives.dpo), as train_* and valid_* in events and the result CSV.
+PREFERENCE = ("rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy", "logps_chosen",
+              "logps_rejected")
 
 # publish(ref, model_id, owner): serve the folder `ref` as `model_id` (raises when it cannot)
 Publisher = Callable[[str, str, str], None]
@@ -320,9 +323,10 @@ class Worker:
                 continue
             run.last_step = r["step"]
             data = {"step": r["step"], "train_loss": r["loss"], "total_steps": total,
-                    "train_mean_token_accuracy": None, "valid_loss": None, "valid_mean_token_accuracy": None}
+                    "train_mean_token_accuracy": None, "valid_loss": None, "valid_mean_token_accuracy": None,
+                    **{f"train_{k}": r[k] for k in PREFERENCE if k in r}}
             jobs.event(self.store, job, f"Step {r['step']}{f'/{total}' if total else ''}: training loss="
-                       f"{r['loss']:.4f}", type_="metrics", data=data)
+                       f"{r['loss']:.4f}" + _preference_words(r), type_="metrics", data=data)
             self.store.update("jobs", run.job_id, trained_tokens=r.get("tokens_seen"))
         if total and run.last_step > first:
             per_step = (time.time() - run.started) / max(1, run.last_step - run.first_step)
@@ -332,9 +336,12 @@ class Worker:
             if r["step"] <= run.last_eval or "val_loss" not in r:
                 continue
             run.last_eval = r["step"]
-            data = {"step": r["step"], "valid_loss": r["val_loss"], "valid_mean_token_accuracy": r.get("val_accuracy")}
-            jobs.event(self.store, job, f"Step {r['step']}: validation loss={r['val_loss']:.4f}, "
-                       f"token accuracy={r.get('val_accuracy', 0):.3f}", type_="metrics", data=data)
+            data = {"step": r["step"], "valid_loss": r["val_loss"], "valid_mean_token_accuracy": r.get("val_accuracy"),
+                    **{f"valid_{k}": r[f"val_{k}"] for k in PREFERENCE if f"val_{k}" in r}}
+            said = (_preference_words(r, "val_") if "val_rewards_margin" in r
+                    else f", token accuracy={r.get('val_accuracy', 0):.3f}")
+            jobs.event(self.store, job, f"Step {r['step']}: validation loss={r['val_loss']:.4f}{said}",
+                       type_="metrics", data=data)
 
     def _new_checkpoints(self, run: _Run, job: dict) -> None:
         from tailor.train import checkpoint
@@ -468,14 +475,17 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def metrics_csv(train_log: list[dict], eval_log: list[dict]) -> bytes:
-    """OpenAI's result file: one row per logged step; validation columns where an eval ran."""
+    """OpenAI's result file: one row per logged step; validation columns where an eval ran; a DPO
+    run adds its reward and log-prob columns, train_* and valid_*."""
     evals = {r["step"]: r for r in eval_log if "val_loss" in r}
+    dpo = [k for k in PREFERENCE if train_log and k in train_log[0]]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    w.writerow(CSV_COLUMNS + tuple(f"train_{k}" for k in dpo) + tuple(f"valid_{k}" for k in dpo))
     for r in train_log:
         e = evals.get(r["step"], {})
-        w.writerow([r["step"], r["loss"], "", e.get("val_loss", ""), e.get("val_accuracy", "")])
+        w.writerow([r["step"], r["loss"], "", e.get("val_loss", ""), e.get("val_accuracy", "")]
+                   + [r.get(k, "") for k in dpo] + [e.get(f"val_{k}", "") for k in dpo])
     return buf.getvalue().encode()
 
 
@@ -494,6 +504,14 @@ def _words(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return scrub(str(exc)) or type(exc).__name__
+
+
+def _preference_words(r: dict, prefix: str = "") -> str:
+    """DPO's two headline numbers for an event's message ('' for a supervised run)."""
+    if f"{prefix}rewards_margin" not in r:
+        return ""
+    return (f", reward margin={r[f'{prefix}rewards_margin']:.4f}, "
+            f"preference accuracy={r[f'{prefix}rewards_accuracy']:.3f}")
 
 
 def _failure(log_path: Path, rc: int, names: dict[str, str]) -> tuple[str, str]:

@@ -32,6 +32,7 @@ class Batch:
     target_index: torch.Tensor  # flat positions (rows*length) whose next token is trained
     target_ids: torch.Tensor  # the token expected after each of those positions
     tokens: int  # real (non-pad) tokens
+    target_seq: torch.Tensor | None = None  # which of the collated examples (0..n-1) each target is in
 
     @property
     def trained(self) -> int:
@@ -113,18 +114,21 @@ def collate(examples, indices: list[int], *, batching: str, max_length: int, pad
     seqs = [(np.asarray(examples[i].input_ids, dtype=np.int64), shifted_targets(np.asarray(examples[i].labels)))
             for i in indices]
     if batching == "pack":
-        rows = [[seqs[k] for k in row] for row in pack_rows([len(s[0]) for s in seqs], max_length)]
+        rows = pack_rows([len(s[0]) for s in seqs], max_length)
     else:
-        rows = [[s] for s in seqs]
-    width = max(sum(len(ids) for ids, _ in row) for row in rows)
+        rows = [[k] for k in range(len(seqs))]
+    width = max(sum(len(seqs[k][0]) for k in row) for row in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     tgt = np.full((len(rows), width), IGNORE, dtype=np.int64)
     pos = np.zeros((len(rows), width), dtype=np.int64)
+    seq = np.zeros((len(rows), width), dtype=np.int64)
     for r, row in enumerate(rows):
         at = 0
-        for seq_ids, seq_tgt in row:
+        for k in row:
+            seq_ids, seq_tgt = seqs[k]
             n = len(seq_ids)
             ids[r, at:at + n], tgt[r, at:at + n], pos[r, at:at + n] = seq_ids, seq_tgt, np.arange(n)
+            seq[r, at:at + n] = k
             at += n
         pos[r, at:] = np.arange(width - at)  # the pad tail is a sequence of its own
     flat = tgt.reshape(-1)
@@ -135,6 +139,7 @@ def collate(examples, indices: list[int], *, batching: str, max_length: int, pad
         target_index=torch.from_numpy(where),
         target_ids=torch.from_numpy(flat[where]),
         tokens=sum(len(s[0]) for s in seqs),
+        target_seq=torch.from_numpy(seq.reshape(-1)[where]),
     )
 
 

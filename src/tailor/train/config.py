@@ -18,7 +18,7 @@ METHOD_DEFAULTS = {"lora": {"lr": 2e-4}, "full": {"lr": 2e-5}}
 @dataclass
 class TrainConfig:
     data: str | None = None
-    """Training data: a JSONL file of conversations (see `tailor data check`)."""
+    """Training data (JSONL, see `tailor data check`): conversations, or raw text ({"text": ...}, every token trained) for --objective sft; preference pairs for --objective dpo."""
     val: str | None = None
     """Validation data (JSONL). Without it a small split of --data is held out (see --val-split)."""
     model: str = "default"
@@ -30,12 +30,23 @@ class TrainConfig:
     resume: str | None = None
     """Continue the run in this output folder from its newest complete checkpoint."""
 
+    objective: Literal["sft", "dpo"] = "sft"
+    """sft: learn the replies of supervised examples (or every token of raw text); dpo: learn to prefer the chosen reply of each preference pair over the rejected one (Direct Preference Optimization)."""
+    beta: float = 0.1
+    """DPO: how far the model may move from the reference (the starting model); higher keeps it closer."""
+    dpo_loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    """DPO loss: sigmoid (the DPO paper) or ipo (IPO: per-token log-ratios pulled to a margin of 1/(2 beta))."""
+    rpo_alpha: float = 0.0
+    """DPO: add this weight times the chosen replies' mean token NLL to the loss (RPO; 0 turns it off)."""
+    dpo_reference: Literal["cached", "copy"] = "cached"
+    """DPO reference log-probs. cached: computed once before training in one pass (LoRA: adapters off; full: the model before its first step) and cached beside the rendered data; copy: computed every step (LoRA: adapters off, no extra memory; full: a frozen copy of the base in memory, about one more model)."""
+
     epochs: float = 3.0
     """Passes over the training data (ignored when --max-steps is given)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides --epochs)."""
     batch_size: int = 8
-    """Examples per micro-batch (ignored when --batch-tokens is given)."""
+    """Examples per micro-batch (DPO: preference pairs, each two sequences; ignored when --batch-tokens is given)."""
     batch_tokens: int | None = None
     """Tokens per micro-batch instead of a fixed example count (evens out step cost)."""
     grad_accum: int = 1
@@ -45,7 +56,7 @@ class TrainConfig:
     truncate: bool = False
     """Cut examples longer than --max-length instead of dropping them."""
     batching: Literal["group", "pack"] = "group"
-    """group: batch examples of similar length, no cross-example masks (fastest on CPU); pack: concatenate examples into rows of --max-length with a block-diagonal causal mask."""
+    """group: batch examples of similar length, no cross-example masks (fastest on CPU); pack: concatenate examples into rows of --max-length, each attending to itself only. DPO on the fused forward packs each micro-batch's pairs into one row either way (a chosen reply is often much shorter than its rejected one)."""
     chat_template: str | None = None
     """For a base model without a chat template: chatml (default), llama3, alpaca, a .jinja file, or the Jinja text itself."""
 
@@ -159,6 +170,13 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         problems.append("qlora/dora: only apply to --method lora")
     if cfg.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
         problems.append(f"dtype: {cfg.dtype!r} is not one of auto, float32, bfloat16, float16")
+    if not cfg.beta > 0:
+        problems.append(f"beta: must be above 0 (got {cfg.beta})")
+    if cfg.rpo_alpha < 0:
+        problems.append(f"rpo_alpha: must be 0 (off) or above (got {cfg.rpo_alpha})")
+    if cfg.objective == "dpo" and cfg.dpo_reference == "copy" and cfg.parallel == "fsdp":
+        problems.append("dpo_reference: copy keeps a whole second model on every process, which is what --parallel "
+                        "fsdp avoids; use --dpo-reference cached")
     if cfg.parallel == "fsdp" and cfg.method != "full":
         problems.append("parallel: fsdp shards a full fine-tune; a LoRA run (--method lora) trains few weights and "
                         "fits on every process: use --parallel ddp")
@@ -176,7 +194,8 @@ def global_batch(cfg: TrainConfig, world: int) -> str:
     if cfg.batch_tokens is not None:
         return (f"up to {cfg.batch_tokens * cfg.grad_accum * world} tokens per optimizer step "
                 f"(batch_tokens {cfg.batch_tokens} x grad_accum {cfg.grad_accum} x {procs})")
-    return (f"{cfg.batch_size * cfg.grad_accum * world} examples per optimizer step "
+    unit = "preference pairs" if cfg.objective == "dpo" else "examples"
+    return (f"{cfg.batch_size * cfg.grad_accum * world} {unit} per optimizer step "
             f"(batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {procs})")
 
 

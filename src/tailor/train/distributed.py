@@ -161,6 +161,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast(obj):
+    """Rank 0's `obj` on every rank (the object itself in a single process)."""
+    if world() < 2:
+        return obj
+    box = [obj if rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0, device=torch.device(_device))
+    return box[0]
+
+
 def gather(obj) -> list | None:
     """Every rank's `obj`, in rank order (None in a single process)."""
     if world() < 2:
@@ -273,7 +282,7 @@ def shard(model, body, compute_dtype) -> torch.nn.Module:
 def micro_batches(step: list, rank: int, world: int):
     """This rank's micro-batches of a global step (`share`). Under FSDP every rank must run the
     same number of forwards (each gathers weights with the others): a rank with a shorter share
-    gets padding, `None`, for which the loop trains a masked copy (zero loss and gradient).
+    gets padding, `None`, for which the loop trains a copy weighted 0 (zero loss and gradient).
     Gradients are reduce-scattered only after the last micro-batch (FSDP2's no_sync)."""
     mine = share(step, rank, world)
     if not _fsdp_units:
@@ -297,14 +306,10 @@ def micro_batches(step: list, rank: int, world: int):
         yield micro
 
 
-def padding(step: list, micro, collate):
-    """The batch of `micro`; for padding (None), the step's first micro-batch with nothing trained."""
-    import dataclasses
-
-    if micro is not None:
-        return collate(micro)
-    batch = collate(step[0])
-    return dataclasses.replace(batch, target_index=batch.target_index[:0], target_ids=batch.target_ids[:0], tokens=0)
+def padding(step: list, micro) -> tuple[list, float]:
+    """(micro-batch, weight): a rank's own micro-batch counts whole; padding (None) runs the
+    step's first micro-batch with weight 0 (a forward and backward that train nothing)."""
+    return (micro, 1.0) if micro is not None else (step[0], 0.0)
 
 
 def full_state(model, optimizer=None):

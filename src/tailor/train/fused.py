@@ -22,9 +22,12 @@ Precision policy, chosen so the loss tracks fp32 training (this is the one place
 Gradients reach the original parameters (torch.cat and casts are differentiable), so the
 optimizer, clipping and PEFT saving are unchanged.
 
-Packed batches (position ids that restart) and anything unusual (DoRA, LoRA on biases, several
-active adapters, quantised bases) go through the HF body instead: `wrap` returns None for an
-unsupported model and `FusedBody.__call__` hands packed batches to the HF body.
+PEFT's disable_adapter() is followed at each call (the base alone, as PEFT's layers do): DPO's
+reference for LoRA is the same module with its adapters off.
+
+Packed batches (position ids that restart at each sequence) run here with attention per
+sequence. Anything unusual (DoRA, LoRA on biases, several active adapters, quantised bases) goes
+through the HF body instead: `wrap` returns None for an unsupported model.
 """
 
 from __future__ import annotations
@@ -64,9 +67,10 @@ class _Proj:
         from peft.tuners.lora import LoraLayer
 
         self.bases, self.loras = [], []
+        self.peft = next((m for m in modules if isinstance(m, LoraLayer)), None)  # whose switch disable_adapter() sets
         for m in modules:
             if isinstance(m, LoraLayer):
-                _check_lora(m)
+                _check_lora(m, disabled_ok=True)
                 name = m.active_adapters[0]
                 self.loras.append((m.lora_A[name].weight, m.lora_B[name].weight, m.scaling[name],
                                    m.lora_dropout[name]))
@@ -115,6 +119,8 @@ class _Proj:
         if not self.has_lora:
             return y if acc is None else acc(y)
         out = y.float() if acc is None else acc(y)
+        if self.peft.disable_adapters:  # PEFT's disable_adapter(): the base alone, in the adapted precision,
+            return out                  # so it equals adapters whose update is zero (DPO's reference)
         u, bmat = self._lora(h, dtype, training)
         return llama.add_lora(out, u, bmat)
 
@@ -148,9 +154,11 @@ def plain_lora(m) -> bool:
     return True
 
 
-def _check_lora(m):
+def _check_lora(m, disabled_ok: bool = False):
+    """The fused projection reproduces this layer (and follows PEFT's disable_adapter() when
+    `disabled_ok`: the training forward does, the engine's copy of the weights does not)."""
     names = m.active_adapters
-    if len(names) != 1 or m.merged or m.disable_adapters:
+    if len(names) != 1 or m.merged or (m.disable_adapters and not disabled_ok):
         raise _Unsupported("several, merged or disabled adapters")
     name = names[0]
     if m.use_dora.get(name) or m.lora_bias.get(name) or m.lora_B[name].bias is not None:
@@ -181,21 +189,30 @@ class _Layer:
 
 class _TrainOps:
     """tailor.nn.llama's Ops for one training (or validation) forward: one adapter's LoRA fused
-    per projection, attention causal over the batch (no cache)."""
+    per projection, attention causal over the batch (no cache). Packed rows (`spans`: per row,
+    the (start, end) of each sequence in it) attend within each sequence only."""
 
-    def __init__(self, layers, dims, dtype, training):
-        self.layers, self.dims, self.dtype, self.training = layers, dims, dtype, training
+    def __init__(self, layers, dims, dtype, training, spans=None):
+        self.layers, self.dims, self.dtype, self.training, self.spans = layers, dims, dtype, training, spans
 
     def project(self, i, name, h, acc):
         return getattr(self.layers[i], name)(h, self.dtype, self.training, acc)
 
     def attend(self, i, q, k, v):
-        return llama.causal_attention(q, k, v, self.dims)
+        if self.spans is None:
+            return llama.causal_attention(q, k, v, self.dims)
+        rows = [torch.cat([llama.causal_attention(q[r:r + 1, a:b], k[r:r + 1, a:b], v[r:r + 1, a:b], self.dims)
+                           for a, b in spans], 1) for r, spans in enumerate(self.spans)]
+        return torch.cat(rows, 0)
 
 
 class FusedBody:
     """Callable like the HF body (input_ids, position_ids, use_cache) -> object with
-    `last_hidden_state`; the hidden states are fp32 when the compute dtype is lower."""
+    `last_hidden_state`; the hidden states are fp32 when the compute dtype is lower. Packed rows
+    (position ids that restart at each sequence) run here too, each sequence attending to itself
+    only, so one row can hold a whole micro-batch without padding (`packs_rows`)."""
+
+    packs_rows = True
 
     def __init__(self, base, hf_body):
         cfg = base.config
@@ -211,20 +228,25 @@ class FusedBody:
         self._rope = {}
 
     def __call__(self, input_ids, position_ids=None, use_cache=False, **kw):
-        if position_ids is not None or kw:  # packed rows need a block-diagonal mask: HF does that
+        if kw:
             return self.hf_body(input_ids=input_ids, position_ids=position_ids, use_cache=use_cache, **kw)
         dtype = _compute_dtype(self.inner.embed_tokens)
         with torch.autocast(input_ids.device.type, enabled=False):
-            return SimpleNamespace(last_hidden_state=self.forward(input_ids, dtype))
+            return SimpleNamespace(last_hidden_state=self.forward(input_ids, dtype, position_ids))
 
-    def forward(self, input_ids, dtype):
+    def forward(self, input_ids, dtype, position_ids=None):
         training = self.inner.training and torch.is_grad_enabled()
         # Rotary and attention in fp32: more exact, and the CPU flash-attention kernel runs its
         # backward ~3x faster in fp32 than in bf16 at these sizes.
         prec = llama.Precision(compute=dtype, residual=torch.float32)
-        ops = _TrainOps(self.layers, self.dims, dtype, training)
+        spans = None if position_ids is None else _spans(position_ids)
+        ops = _TrainOps(self.layers, self.dims, dtype, training, spans)
         x = self.inner.embed_tokens(input_ids).float()
-        rope = self._cos_sin(input_ids.shape[1], x.device)
+        if position_ids is None:
+            rope = self._cos_sin(input_ids.shape[1], x.device)
+        else:  # each sequence's own positions: [B, T, 1, hd]
+            cos, sin = self._cos_sin(int(position_ids.max()) + 1, x.device)
+            rope = cos[position_ids, 0][:, :, None], sin[position_ids, 0][:, :, None]
         ckpt = training and getattr(self.inner, "gradient_checkpointing", False)
         for i, layer in enumerate(self.layers):
             if ckpt:
@@ -241,6 +263,15 @@ class FusedBody:
             cos, sin = llama.rope_tables(self.inner.rotary_emb, length, device, torch.float32)
             self._rope = {key: (cos[:, None], sin[:, None])}
         return self._rope[key]
+
+
+def _spans(position_ids) -> list[list[tuple[int, int]]]:
+    """Per row, the (start, end) of each packed sequence: a new one starts where the position is 0."""
+    out = []
+    for row in position_ids.tolist():
+        starts = [t for t, p in enumerate(row) if p == 0] + [len(row)]
+        out.append(list(zip(starts[:-1], starts[1:])))
+    return out
 
 
 def _compute_dtype(embed):

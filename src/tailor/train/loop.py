@@ -1,11 +1,13 @@
-"""The training loop: one loop for full and LoRA fine-tuning, readable top to bottom in `_run`.
+"""The training loop: one loop for every objective and method, readable top to bottom in `_steps`.
 
-forward (model body) -> loss over trained tokens (chunked lm_head + CE) -> backward, for each
-micro-batch of the step -> clip -> optimizer step -> lr schedule -> log -> eval -> save.
-The loss of a step is the sum over all its micro-batches' trained tokens divided by their total
-count, so grad-accum 4 x batch 1 gives the very gradient of batch 4. Under torchrun each rank
-trains its share of the step's micro-batches and the gradients are summed across ranks, so N
-ranks give the gradient of one process with the same global batch (see train/distributed.py).
+the objective's micro-batch: forward (model body) -> its loss -> backward, for each micro-batch
+of the step -> clip -> optimizer step -> lr schedule -> log -> eval -> save.
+What differs between objectives (supervised, DPO) is the objective's (train/objectives): it
+builds the step's micro-batches and their loss, already divided by the WHOLE step's
+denominators (SFT: its trained tokens; DPO: its pairs), so grad-accum 4 x batch 1 gives the very
+gradient of batch 4. Under torchrun each rank trains its share of the step's micro-batches and
+the gradients are summed across ranks, so N ranks give the gradient of one process with the
+same global batch (see train/distributed.py).
 """
 
 from __future__ import annotations
@@ -24,9 +26,7 @@ from pathlib import Path
 import torch
 
 from tailor.train import distributed, memory
-from tailor.train.batches import collate, step_trained
 from tailor.train.config import TrainConfig
-from tailor.train.loss import batch_loss
 
 
 @dataclass
@@ -88,38 +88,38 @@ def _run(s) -> TrainResult:
 
 
 def _steps(s, body, head, params, stop) -> None:
-    cfg, pos, opt, sched = s.cfg, s.position, s.optimizer, s.scheduler
+    cfg, pos, opt, sched, obj = s.cfg, s.position, s.optimizer, s.scheduler, s.objective
     window_tokens, window_time = 0, 0.0  # tokens/s counts training compute, not evals or saves
     while pos.step < s.total_steps and not stop.requested:
         plan = s.plan(pos.epoch)
         if pos.index >= len(plan):
             pos.epoch, pos.index = pos.epoch + 1, 0
             continue
-        step = plan[pos.index]
-        n_trained = step_trained(s.data.train, step)  # the whole (global) step's denominator, known up front
-        loss_sum, tokens, t0 = 0.0, 0, time.perf_counter()
-        for micro in distributed.micro_batches(step, s.rank, s.world):  # one process: the whole step
-            batch = distributed.padding(step, micro, lambda m: collate(
-                s.data.train, m, batching=cfg.batching, max_length=cfg.max_length, pad_id=s.pad_id))
+        t0 = time.perf_counter()
+        work = obj.begin(plan[pos.index])  # the whole (global) step's denominators, known up front
+        sums = dict.fromkeys(obj.sums, 0.0)
+        for micro in distributed.micro_batches(work.micro, s.rank, s.world):  # one process: the whole step
+            micro, weight = distributed.padding(work.micro, micro)  # FSDP: weight 0 for a rank with no share
             with s.precision.autocast():
-                token_losses, _ = batch_loss(body, head, batch, s.precision.compute, accuracy=False)
-            s.precision.backward(token_losses / n_trained)  # fp16: loss scaled first
-            loss_sum += token_losses.item()
-            tokens += batch.tokens
+                loss, got = obj.loss(body, head, micro, work)
+            s.precision.backward(loss * weight if weight != 1 else loss)  # fp16: loss scaled first
+            for k, v in got.items():
+                sums[k] += v * weight
         distributed.sum_gradients(params)  # every rank's share -> the whole step's gradient
-        loss_sum, tokens = distributed.total(loss_sum, tokens)
+        sums = dict(zip(sums, distributed.total(*sums.values())))
         lr = opt.param_groups[0]["lr"]
         grad_norm, skipped = s.precision.step(opt, params, cfg.max_grad_norm or float("inf"))  # clip, step
         sched.step()
         opt.zero_grad(set_to_none=True)
+        tokens = int(sums["tokens"])
         pos.step, pos.index, pos.tokens_seen = pos.step + 1, pos.index + 1, pos.tokens_seen + tokens
         pos.skipped_steps += skipped
         window_tokens, window_time = window_tokens + tokens, window_time + time.perf_counter() - t0
         if pos.step % cfg.log_every == 0 or pos.step == s.total_steps:
             s.log_step({"step": pos.step, "epoch": round(pos.epoch + pos.index / len(plan), 4),
-                        "loss": loss_sum / max(n_trained, 1), "lr": lr, "grad_norm": float(grad_norm),
-                        "tokens_per_s": window_tokens / max(window_time, 1e-9), "trained_tokens": n_trained,
-                        "tokens": tokens, "tokens_seen": pos.tokens_seen,
+                        **obj.record(sums, work), "lr": lr, "grad_norm": float(grad_norm),
+                        "tokens_per_s": window_tokens / max(window_time, 1e-9), "tokens": tokens,
+                        "tokens_seen": pos.tokens_seen,
                         **({"skipped": skipped, "skipped_steps": pos.skipped_steps} if s.precision.scaler else {})})
             window_tokens, window_time = 0, 0.0
         if pos.step % s.eval_every == 0 and pos.step < s.total_steps:

@@ -117,7 +117,11 @@ class Head:
     @property
     def weight(self) -> torch.Tensor:
         # PEFT's wrapper returns the base rows with the trained new-token rows copied in
-        # (differentiably), so the loss sees, and trains, the adapted head.
+        # (differentiably), so the loss sees, and trains, the adapted head; under PEFT's
+        # disable_adapter() (DPO's reference) the base rows alone, as the wrapper's forward does.
+        tokens = getattr(self.module, "token_adapter", None)
+        if tokens is not None and tokens.disable_adapters:
+            return tokens.base_layer.weight
         return self.module.weight
 
     @property
@@ -169,14 +173,18 @@ def check_head(model, body, head: Head) -> None:
                           f"{size:.3g}; the loss knows {head.transform}). Use a model family tailor supports.")
 
 
-def batch_loss(body, head: Head, batch, compute_dtype, *, accuracy: bool = True):
-    """(sum of token losses, correct predictions) for one micro-batch; the caller divides."""
-    weight = head.weight
-    device = weight.device
+def trained_hidden(body, batch, device) -> torch.Tensor:
+    """The body's final hidden states at the positions whose next token is trained [N, hidden]."""
     out = body(input_ids=batch.input_ids.to(device),
                position_ids=None if batch.position_ids is None else batch.position_ids.to(device),
                use_cache=False)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_index.to(device))
-    return linear_cross_entropy(picked, weight, batch.target_ids.to(device), head.bias, compute_dtype, accuracy,
-                                head.transform)
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_index.to(device))
+
+
+def batch_loss(body, head: Head, batch, compute_dtype, *, accuracy: bool = True):
+    """(sum of token losses, correct predictions) for one micro-batch; the caller divides."""
+    weight = head.weight
+    picked = trained_hidden(body, batch, weight.device)
+    return linear_cross_entropy(picked, weight, batch.target_ids.to(weight.device), head.bias, compute_dtype,
+                                accuracy, head.transform)

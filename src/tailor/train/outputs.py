@@ -55,25 +55,50 @@ def save_config(out: Path, cfg_dict: dict, *, note: str = "") -> None:
 
 
 def plot_losses(out: Path, train: list[dict], evals: list[dict]) -> Path | None:
-    """loss.png: the train loss per step and the validation loss at each evaluation."""
+    """loss.png: the train loss per step and the validation loss at each evaluation; for DPO a
+    second panel with the reward margin and the preference accuracy (train and validation)."""
     if not train:
         return None
     # a Figure, not pyplot: one PNG needs no backend registry or GUI state (~0.2 s less import)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4), dpi=100)
-    ax = fig.subplots()
+    preference = "rewards_margin" in train[0]
+    fig = Figure(figsize=(7, 6.5 if preference else 4), dpi=100)
+    axes = fig.subplots(2 if preference else 1, 1, sharex=True, squeeze=False)[:, 0]
+    ax = axes[0]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", linewidth=1)
     if evals:
         ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (mean over trained tokens)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax.set_ylabel("DPO loss (mean over pairs)" if preference else "loss (mean over trained tokens)")
+    if preference:
+        _preference_panel(axes[1], train, evals)
+    axes[-1].set_xlabel("optimizer step")
+    for a in axes:
+        a.grid(alpha=0.3)
+        a.legend(fontsize="small")
     fig.tight_layout()
     path = out / "loss.png"
     fig.savefig(path)
     return path
+
+
+def _preference_panel(ax, train: list[dict], evals: list[dict]) -> None:
+    """Reward margin (left axis) and the share of pairs whose chosen reply wins (right axis, 0-1)."""
+    steps = [r["step"] for r in train]
+    ax.plot(steps, [r["rewards_margin"] for r in train], color="C0", linewidth=1, label="margin (train)")
+    acc = ax.twinx()
+    acc.plot(steps, [r["rewards_accuracy"] for r in train], color="C2", linewidth=1, alpha=0.6,
+             label="accuracy (train)")
+    evals = [r for r in evals if "val_rewards_margin" in r]
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["val_rewards_margin"] for r in evals], "o-", color="C1",
+                label="margin (validation)")
+        acc.plot([r["step"] for r in evals], [r["val_rewards_accuracy"] for r in evals], "s--", color="C3",
+                 label="accuracy (validation)")
+    ax.set_ylabel("reward margin (chosen - rejected)")
+    acc.set_ylabel("preference accuracy")
+    acc.set_ylim(-0.05, 1.05)
+    acc.legend(loc="lower right", fontsize="small")
 
 
 def write_final(out: Path, model, tokenizer, *, stop_ids: list[int], card: str, method: str,
@@ -120,12 +145,17 @@ def _link_weights(src: Path, dst: Path) -> None:
                 shutil.copy2(f, dst / f.name)
 
 
+_OBJECTIVES = {"sft": "supervised fine-tuning (sft)", "dpo": "preference tuning (dpo: Direct Preference Optimization)"}
+
+
 def model_card(*, cfg: dict, base, data_stats: dict, final: dict, method: str) -> str:
     """README.md for final/: what was trained on what, how, and how well. `base` is the run's
     setup.Base: its portable reference is the card's base model, its local folder provenance."""
     load = _load_instructions(base.ref, method)
-    hyper = ["lr", "schedule", "warmup", "epochs", "max_steps", "batch_size", "batch_tokens", "grad_accum",
-             "max_length", "batching", "weight_decay", "max_grad_norm", "seed", "dtype"]
+    hyper = ["objective", "lr", "schedule", "warmup", "epochs", "max_steps", "batch_size", "batch_tokens",
+             "grad_accum", "max_length", "batching", "weight_decay", "max_grad_norm", "seed", "dtype"]
+    if cfg.get("objective") == "dpo":
+        hyper += ["beta", "dpo_loss", "rpo_alpha", "dpo_reference"]
     if method == "lora":
         hyper += ["lora_r", "lora_alpha", "lora_dropout", "lora_targets", "dora", "rslora", "qlora"]
     lines = [
@@ -133,7 +163,8 @@ def model_card(*, cfg: dict, base, data_stats: dict, final: dict, method: str) -
         f"# Fine-tuned with tailor ({'LoRA adapter' if method == 'lora' else 'full fine-tune'})", "",
         f"- Base model: `{base.ref}` (requested as `{cfg['model']}`; weights read from `{base.folder}` "
         "on the machine that trained it)",
-        f"- Method: {method}", "",
+        f"- Method: {method}",
+        f"- Objective: {_OBJECTIVES.get(cfg.get('objective'), cfg.get('objective'))}", "",
         "## Data", "",
         *[f"- {k}: {v}" for k, v in data_stats.items()], "",
         "## Hyperparameters", "", "| key | value |", "|---|---|",

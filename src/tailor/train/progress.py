@@ -23,14 +23,17 @@ class Progress:
             return
         if self.bar is not None:
             self.bar.n = record["step"]
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+            extra = ({"margin": f"{record['rewards_margin']:.3f}", "acc": f"{record['rewards_accuracy']:.2f}"}
+                     if "rewards_margin" in record else {})
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", **extra, tok_s=f"{record['tokens_per_s']:.0f}",
+                                 refresh=False)
             self.bar.refresh()
             return
         done = record["step"] - self.start_step
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / max(done, 1) * (self.total - record["step"])
         self.say(f"step {record['step']}/{self.total}  epoch {record['epoch']:.2f}  loss {record['loss']:.4f}  "
-                 f"lr {record['lr']:.2e}  grad_norm {record['grad_norm']:.3f}  "
+                 + _preference(record) + f"lr {record['lr']:.2e}  grad_norm {record['grad_norm']:.3f}  "
                  f"{record['tokens_per_s']:.0f} tok/s  eta {_fmt(eta)}" + _skipped(record))
 
     def say(self, text: str) -> None:
@@ -44,6 +47,13 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _preference(record: dict) -> str:
+    """DPO: the reward margin and the share of pairs whose chosen reply wins."""
+    if "rewards_margin" not in record:
+        return ""
+    return f"margin {record['rewards_margin']:.3f}  accuracy {record['rewards_accuracy']:.2f}  "
 
 
 def _skipped(record: dict) -> str:

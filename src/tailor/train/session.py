@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from tailor.errors import TailorError, UsageError
-from tailor.train import checkpoint, distributed, memory, outputs, trackers
+from tailor.train import checkpoint, distributed, memory, objectives, outputs, trackers
 from tailor.train.batches import plan_epoch
 from tailor.train.config import TrainConfig, env_overrides, global_batch, resolve, to_dict
 from tailor.train.loop import Position, TrainResult, epochs_total, peak_rss_mb
@@ -56,6 +56,8 @@ RESUME_SAFE = (
     # Execution: the same computation on other hardware or with another speed/memory trade-off (a
     # preempted job may resume elsewhere, where dtype auto picks differently anyway).
     "device", "dtype", "gradient_checkpointing", "compile", "fused",
+    # DPO's reference: the same values, cached or recomputed each step (up to rounding).
+    "dpo_reference",
     # How the processes are launched and share the work: the number of processes that matters is
     # the world size the checkpoint records, which check_resume compares on its own.
     "nproc", "parallel",
@@ -67,6 +69,8 @@ RESUME_REFUSES = (
     "batch_size", "batch_tokens", "grad_accum", "batching", "max_length", "seed",
     # The examples themselves: their rendering, and the train/validation split.
     "val", "val_split", "val_max", "truncate", "chat_template",
+    # What is learned: the objective and its loss.
+    "objective", "beta", "dpo_loss", "rpo_alpha",
     # The model being trained.
     "model", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "dora", "rslora", "qlora",
     # The optimizer and schedule: AdamW's saved state brings back lr and weight_decay over any new
@@ -160,7 +164,8 @@ class Session:
         self.data = load_data(cfg, self.tokenizer)  # a bad dataset stops here, before any weights load
         for w in self.data.prepared.warnings:
             self._say(f"warning: {w}")
-        self._say(f"data: {len(self.data.train)} training examples; validation: {self.data.val_source}")
+        self._say(f"data: {len(self.data.train)} training {self.data.items_called}; validation: "
+                  f"{self.data.val_source}")
         self.precision = precision(cfg)
         for note in self.precision.notes:
             self._say(f"note: {note}")
@@ -171,15 +176,16 @@ class Session:
         fsdp = cfg.parallel == "fsdp" and self.world > 1
         # compile traces the HF body; so does FSDP, whose weights are gathered per layer on each forward
         self.parts = decoder_parts(self.model, fused=cfg.fused and not cfg.compile and not fsdp)
+        self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
+        self.objective = objectives.make(self, resumed=ckpt is not None)  # DPO's reference pass: before sharding
         if fsdp:
             self.parts = (distributed.shard(self.model, self.parts[0], self.precision.compute), self.parts[1])
             self._say(f"parallel: fsdp (FSDP2) over {self.world} processes; the Hugging Face body runs, "
                       "not the fused one")
         if cfg.compile:
             self.parts = (torch.compile(self.parts[0], dynamic=True), self.parts[1])
-        self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self._say(f"model: {self.base.ref} ({cfg.method}, {trainable:,} trainable parameters, "
+        self._say(f"model: {self.base.ref} ({cfg.method}, {cfg.objective}, {trainable:,} trainable parameters, "
                   f"compute {str(self.precision.compute).replace('torch.', '')} on {self.precision.device})")
 
     def _restore(self, ckpt):
@@ -241,17 +247,17 @@ class Session:
         return val
 
     def _evaluate(self, model) -> dict:
-        from tailor.train.evaluate import sample_answers, validation_loss
+        from tailor.train.evaluate import sample_answers
 
         if not self.data.val:
             return {}
-        val = validation_loss(model, self.data.val, self.cfg, self.precision, self.pad_id)
+        val = self.objective.validate(model)
         samples = sample_answers(model, self.tokenizer, self.data.samples, self.precision,
                                  self.cfg.sample_max_tokens) if self.data.samples else []
         self.last_val, self.last_samples = val, samples
         self.evals.write({"step": self.position.step, **val, "samples": samples})
-        self.progress.say(f"eval step {self.position.step}: val_loss {val['val_loss']:.4f}  "
-                          f"val_accuracy {val['val_accuracy']:.3f}")
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
+        self.progress.say(f"eval step {self.position.step}: {shown}")
         for smp in samples:
             self.progress.say(f"  prompt:    {_one_line(smp['prompt'])}\n  reference: {_one_line(smp['reference'])}\n"
                               f"  model:     {_one_line(smp['answer'])}")
@@ -318,7 +324,7 @@ class Session:
     def _data_stats(self) -> dict:
         lengths = self.data.lengths
         return {"training file": f"{self.cfg.data} (sha256 {self.data.fingerprint}...)",
-                "training examples": len(self.data.train), "validation": self.data.val_source,
+                f"training {self.data.items_called}": len(self.data.train), "validation": self.data.val_source,
                 "tokens per epoch": int(lengths.sum()), "mean example length": f"{lengths.mean():.1f} tokens",
                 "chat template": "saved in the tokenizer (chat_template)"}
 
@@ -326,9 +332,12 @@ class Session:
         stats = {"optimizer steps": self.position.step, "tokens seen": self.position.tokens_seen}
         if log:
             stats["final train loss"] = f"{log[-1]['loss']:.4f}"
-        if self.last_val:
-            stats["final validation loss"] = f"{self.last_val['val_loss']:.4f}"
-            stats["final validation token accuracy"] = f"{self.last_val['val_accuracy']:.3f}"
+        names = {"val_loss": "final validation loss", "val_accuracy": "final validation token accuracy",
+                 "val_rewards_accuracy": "final validation preference accuracy",
+                 "val_rewards_margin": "final validation reward margin"}
+        for key, name in names.items():
+            if key in self.last_val:
+                stats[name] = f"{self.last_val[key]:{'.3f' if 'accuracy' in key else '.4f'}}"
         return stats
 
     def _result(self, *, final, interrupted) -> TrainResult:

@@ -16,7 +16,7 @@ from tailor.errors import TailorError
 
 @dataclass
 class Data:
-    train: list  # Example objects (input_ids, labels, line)
+    train: list  # Examples (input_ids, labels, line), or Pairs of them (preference data)
     val: list
     val_source: str  # where the validation examples came from, said to the user
     samples: list[tuple[list[dict], str]]  # (prompt messages, reference answer) for eval generations
@@ -25,7 +25,13 @@ class Data:
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.array([len(e.input_ids) for e in self.train], dtype=np.int64)
+        """Tokens per training item (a pair: both of its sequences)."""
+        return np.array([len(e) for e in self.train], dtype=np.int64)
+
+    @property
+    def items_called(self) -> str:
+        """What a training item is, in words (the log and the model card say it)."""
+        return {"preference": "preference pairs", "text": "raw-text rows"}.get(self.prepared.kind, "examples")
 
 
 @dataclass
@@ -101,6 +107,8 @@ def load_data(cfg, tokenizer) -> Data:
         path = getattr(cfg, name)
         if path and not Path(path).is_file():
             raise TailorError(f"--{name} {path}: no such file.")
+        if path:
+            check_kind(cfg.objective, path, name)
     kw = dict(max_length=cfg.max_length, truncate=cfg.truncate, chat_template=cfg.chat_template)
     prepared = prepare(cfg.data, tokenizer, **kw)
     examples = [prepared.examples[i] for i in range(len(prepared.examples))]
@@ -120,6 +128,26 @@ def load_data(cfg, tokenizer) -> Data:
                 prepared=prepared, fingerprint=file_hash(cfg.data))
 
 
+# What each objective trains on, and a file of the other kind is refused naming the right flag.
+_KIND_WORDS = {"chat": "supervised chat data", "text": "raw text ({\"text\": ...} lines)",
+               "preference": "preference pairs (chosen and rejected replies)"}
+
+
+def check_kind(objective: str, path: str, flag: str) -> None:
+    from tailor.data.formats import peek_kind
+
+    kind = peek_kind(path)
+    if kind is None:  # nothing recognisable: the data checker says what is wrong, line by line
+        return
+    if objective == "dpo" and kind != "preference":
+        raise TailorError(f"--{flag} {path} holds {_KIND_WORDS[kind]}, and --objective dpo trains on preference "
+                          "pairs (OpenAI's input/preferred_output/non_preferred_output, or prompt/chosen/rejected). "
+                          "Train this file with --objective sft, or give a preference file.")
+    if objective == "sft" and kind == "preference":
+        raise TailorError(f"--{flag} {path} holds {_KIND_WORDS[kind]}: train it with --objective dpo "
+                          "(--objective sft learns from conversations or raw text).")
+
+
 def split(examples: list, fraction: float, cap: int, seed: int) -> tuple[list, list]:
     """A seeded validation split: ceil(fraction * n) examples, at most `cap`, at least one left to train."""
     n_val = min(cap, math.ceil(fraction * len(examples)), len(examples) - 1) if fraction > 0 else 0
@@ -136,13 +164,18 @@ def _get(obj, key):
 
 
 def eval_samples(val: list, convs: list, count: int) -> list[tuple[list[dict], str]]:
-    """(prompt, reference) pairs: the conversation up to its last assistant turn, and that turn."""
+    """(prompt, reference) pairs: the conversation up to its last assistant turn, and that turn
+    (a preference pair: its prompt, and the chosen reply). Raw text has none."""
+    from tailor.data.formats import Preference, Text
+
     by_line = {_get(c, "line"): c for c in convs}
     out = []
     for ex in val:
         conv = by_line.get(ex.line)
-        if conv is None or len(out) >= count:
+        if conv is None or len(out) >= count or isinstance(conv, Text):
             continue
+        if isinstance(conv, Preference):
+            conv = conv.conversation("chosen")
         msgs = [{"role": _get(m, "role"), "content": _get(m, "content")} for m in _get(conv, "messages")]
         last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
         if last:

@@ -293,7 +293,8 @@ function openJob(id) {
   $("events").replaceChildren();
   $("ckpts").tBodies[0].replaceChildren();
   $("job-facts").replaceChildren();
-  drawCurve([], []);
+  drawCurve("curve", [], [], "No loss yet: points appear as the job trains.");
+  $("preference").hidden = true;
   say("job-page-msg", "Loading…", "busy");
   pollJob(id);
 }
@@ -320,15 +321,25 @@ function renderJob(job, events, ckpts) {
   $("job-cancel").disabled = !["queued", "running", "paused", "validating_files"].includes(job.status);
   $("job-pause").disabled = !["queued", "running"].includes(job.status);
   $("job-resume").disabled = job.status !== "paused";
-  const train = [], valid = [];
+  const train = [], valid = [], pref = { margin: [[], []], accuracy: [[], []] };
   let total = null;
   for (const e of events) {
     if (e.type !== "metrics" || !e.data) continue;
     if (e.data.train_loss != null) train.push([e.data.step, e.data.train_loss, e.created_at]);
     if (e.data.valid_loss != null) valid.push([e.data.step, e.data.valid_loss]);
     if (e.data.total_steps) total = e.data.total_steps;
+    for (const [key, name] of [["margin", "rewards_margin"], ["accuracy", "rewards_accuracy"]]) {  // DPO jobs
+      if (e.data["train_" + name] != null) pref[key][0].push([e.data.step, e.data["train_" + name]]);
+      if (e.data["valid_" + name] != null) pref[key][1].push([e.data.step, e.data["valid_" + name]]);
+    }
   }
-  drawCurve(train, valid);
+  drawCurve("curve", train, valid, "No loss yet: points appear as the job trains.");
+  const dpo = job.method && job.method.type === "dpo";
+  $("preference").hidden = !dpo;
+  if (dpo) {
+    drawCurve("margin-curve", ...pref.margin, "No reward margin yet.", { floor: false });
+    drawCurve("accuracy-curve", ...pref.accuracy, "No preference accuracy yet.", { range: [0, 1] });
+  }
   const started = events.filter((e) => e.message === "Fine-tuning job started").map((e) => e.created_at)[0];
   const end = job.finished_at || Date.now() / 1000;
   const elapsed = started ? end - started : null;
@@ -342,6 +353,7 @@ function renderJob(job, events, ckpts) {
     ["Tokens/s", job.trained_tokens && elapsed > 0 ? (job.trained_tokens / elapsed).toFixed(1) : "—"],
     ["ETA", FINAL.includes(job.status) ? "done" : eta != null ? span(eta) : total ? "after the first steps" : "unknown (set tailor max_steps for one)"], ["Created", when(job.created_at)],
     ["Duration", span(end - job.created_at)], ["Epochs / batch / lr×", [job.hyperparameters.n_epochs, job.hyperparameters.batch_size, job.hyperparameters.learning_rate_multiplier].join(" / ")],
+    ["Method", job.method ? job.method.type + (job.method.type === "dpo" ? " (beta " + job.method.dpo.hyperparameters.beta + ")" : "") : null],
     ["Error", job.error ? job.error.message : null]]);
   $("events").replaceChildren(...events.map((e) => el("li", { class: e.level }, new Date(e.created_at * 1000).toLocaleTimeString() + "  " + e.message)));
   $("events").scrollTop = $("events").scrollHeight;
@@ -381,9 +393,10 @@ for (const verb of ["cancel", "pause", "resume"]) {
   });
 }
 
-// The loss curve, drawn by hand: training solid blue, validation dashed orange with dots.
-function drawCurve(train, valid) {
-  const c = $("curve"), g = c.getContext("2d");
+// A curve drawn by hand: training solid blue, validation dashed orange with dots. Losses keep
+// the axis from going below 0 (floor); a share is drawn on 0..1 (range).
+function drawCurve(id, train, valid, empty, { floor = true, range = null } = {}) {
+  const c = $(id), g = c.getContext("2d");
   c.dataset.trainPoints = train.length;
   c.dataset.validPoints = valid.length;
   const W = c.width, H = c.height, L = 56, R = 12, T = 12, B = 32;
@@ -391,12 +404,15 @@ function drawCurve(train, valid) {
   g.font = "12px system-ui, sans-serif";
   g.fillStyle = "#5a5a5a";
   const all = train.concat(valid);
-  if (!all.length) { g.fillText("No loss yet: points appear as the job trains.", L, H / 2); return; }
+  if (!all.length) { g.fillText(empty, L, H / 2); return; }
   const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
   let x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
   if (x1 === x0) x1 = x0 + 1;
-  if (y1 === y0) { y0 -= 0.5; y1 += 0.5; }
-  const pad = (y1 - y0) * 0.05; y0 = Math.max(y0 - pad, Math.min(y0, 0)); y1 += pad;  // no axis below 0 for losses
+  if (range) { [y0, y1] = range; }
+  else {
+    if (y1 === y0) { y0 -= 0.5; y1 += 0.5; }
+    const pad = (y1 - y0) * 0.05; y0 = floor ? Math.max(y0 - pad, Math.min(y0, 0)) : y0 - pad; y1 += pad;
+  }
   const X = (x) => L + (x - x0) / (x1 - x0) * (W - L - R), Y = (y) => T + (y1 - y) / (y1 - y0) * (H - T - B);
   g.strokeStyle = "#d0d0d0"; g.lineWidth = 1; g.setLineDash([]);
   for (let i = 0; i <= 4; i++) {
