@@ -23,31 +23,14 @@ from pathlib import Path
 _ALPHABET = string.ascii_letters + string.digits
 KINDS = ("files", "jobs", "events", "checkpoints", "evals", "eval_runs", "eval_items", "webhooks", "deliveries")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
-    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
-    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
-    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
-    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS evals (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
-    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS eval_runs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
-    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS eval_items (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
-    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS webhooks (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
-    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS deliveries (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
-    project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS deliveries_parent ON deliveries (parent, seq);
-CREATE INDEX IF NOT EXISTS events_parent ON events (parent, seq);
-CREATE INDEX IF NOT EXISTS eval_runs_parent ON eval_runs (parent, seq);
-CREATE INDEX IF NOT EXISTS eval_items_parent ON eval_items (parent, seq);
-CREATE INDEX IF NOT EXISTS checkpoints_parent ON checkpoints (parent, seq);
-"""
+# Every kind is one table of the same shape: a few indexed columns and the OpenAI-shaped body as
+# JSON. Kinds whose rows hang under a parent (events, checkpoints and deliveries under theirs,
+# runs under their eval, output items under their run) are indexed by it.
+_PARENTED = ("events", "checkpoints", "eval_runs", "eval_items", "deliveries")
+_SCHEMA = "".join(
+    [f"CREATE TABLE IF NOT EXISTS {kind} (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, "
+     "project TEXT NOT NULL, parent TEXT, created_at INTEGER NOT NULL, body TEXT NOT NULL);\n" for kind in KINDS]
+    + [f"CREATE INDEX IF NOT EXISTS {kind}_parent ON {kind} (parent, seq);\n" for kind in _PARENTED])
 
 
 def new_id(prefix: str, n: int = 24) -> str:
