@@ -74,7 +74,8 @@ def test_score_model_grades_with_a_served_model(server):
          "input": [{"role": "user", "content": "Is {{sample.output_text}} the answer to {{item.q}}?"}]}
     out = grade(server, g, "Paris", QUESTIONS[0])
     assert out.reward == 0.75 and out.metadata.sampled_model_name == "judge"
-    assert out.api_model_grader_token_usage_per_model["judge"]["completion_tokens"] == 4
+    # "0.75" is four tokens, and the end of turn that stops it counts too (as OpenAI and vLLM count it)
+    assert out.api_model_grader_token_usage_per_model["judge"]["completion_tokens"] == 5
     multi = {"type": "multi", "name": "m", "calculate_output": "0.5 * judge + 0.5 * exact", "graders": {
         "judge": g, "exact": {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
                               "reference": "Paris", "operation": "eq"}}}

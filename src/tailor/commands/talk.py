@@ -47,8 +47,9 @@ def load_for_talk(cfg: TalkConfig):
     return loaded, loaded.warning
 
 
-def sampling(cfg: TalkConfig, loaded, schema: dict | None = None):
-    """The replies' sampling parameters; `schema` (read_schema's) becomes their grammar."""
+def sampling(cfg: TalkConfig, loaded=None, schema: dict | None = None):
+    """The replies' sampling parameters; `schema` (read_schema's) becomes their grammar, for the
+    `loaded` model's tokenizer (needed only with a schema)."""
     from tailor.infer.sampling import SamplingParams
 
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
