@@ -15,6 +15,7 @@ from tailor.data.problems import Problem, Problems
 
 KIND_NAMES = {"chat": "supervised examples (tailor train --objective sft)",
               "preference": "preference pairs (tailor train --objective dpo)",
+              "prompt": "RFT prompts (tailor train --objective grpo: replies are sampled and graded)",
               "text": "raw text (tailor train --objective sft: continued pretraining; every token is trained, "
                       "the documents packed end to end into rows of --max-length)"}
 
@@ -132,12 +133,34 @@ def format_summary(s: dict) -> str:
     t = s.get("tokens")
     if t:
         lines += _token_lines(t, s["kind"], s["model"])
+    if s.get("grader_item_keys") is not None:
+        keys = ", ".join(f"{{{{ {k} }}}}" for k in s["grader_item_keys"]) or "none"
+        lines.append(f"grader:    reads {keys} from each line")
     lines.append(f"epochs:    {s['epochs_auto']} with n_epochs=auto (OpenAI's rule for {s['examples']} examples)")
     return "\n".join(lines)
 
 
+def prompt_tokens(items: list, tokenizer, max_length: int | None) -> dict:
+    """Token counts of RFT prompts as training renders them (the assistant's opening included);
+    with max_length, how many leave no room for a reply."""
+    from tailor.data.templates import render_prompt
+
+    lengths = np.array([len(render_prompt(tokenizer, p.template_messages(), p.tools)) for p in items])
+    return {"per_example": {"min": int(lengths.min()), "median": float(np.median(lengths)),
+                            "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max())},
+            "total": int(lengths.sum()), "trained": 0, "max_length": max_length,
+            "over_max_length": int((lengths >= max_length).sum()) if max_length else 0}
+
+
 def _token_lines(t: dict, kind: str, model: str | None) -> list[str]:
     pe = t["per_example"]
+    if kind == "prompt":
+        out = [f"tokens:    per prompt min {pe['min']} / median {pe['median']:g} / p95 {pe['p95']:g} / max {pe['max']} "
+               f"({model}); total {t['total']} (the replies are sampled in training)"]
+        if t["max_length"]:
+            out.append(f"           at or over max_length={t['max_length']}: {t['over_max_length']} prompt(s) (no "
+                       "room for a reply: dropped in training, with --max-length minus --max-completion-tokens)")
+        return out
     per = {"chat": "example", "preference": "pair (both sequences)", "text": "document"}[kind]
     trained = {"chat": "trained (assistant)", "preference": "trained (the completions)",
                "text": "trained (every token)"}[kind]
