@@ -90,15 +90,20 @@ def peek_kind(path: str | Path) -> str | None:
     is): enough to refuse the wrong file before rendering the whole of it."""
     try:
         with open(path, "rb") as f:
-            for raw in f:
-                try:
-                    obj = json.loads(raw.decode("utf-8-sig"))
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    continue
-                if isinstance(obj, dict) and detect_format(obj):
-                    return "prompt" if _ends_with_user(obj) else kind_of(detect_format(obj))
+            return peek_lines(f)
     except OSError:
         return None
+
+
+def peek_lines(lines) -> str | None:
+    """peek_kind over an iterable of raw lines."""
+    for raw in lines:
+        try:
+            obj = json.loads(raw.decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(obj, dict) and detect_format(obj):
+            return "prompt" if _ends_with_user(obj) else kind_of(detect_format(obj))
     return None
 
 
