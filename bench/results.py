@@ -9,6 +9,8 @@ import os
 import platform
 from pathlib import Path
 
+import grpo_results
+
 LOSS_TOLERANCE = 0.02  # tailor's held-out loss within 2% of the peer's
 LEARNED = 0.9  # "clearly below the base model": at most 90% of its held-out loss
 
@@ -282,7 +284,7 @@ def render(found: dict, command: str) -> str:
         f"{peak['bf16_tflops']:.2f} TFLOP/s, fp32 {peak['fp32_tflops']:.2f} TFLOP/s.", "",
         "## Targets (performance issue, section 2); each round's ratio, tailor / peer", "",
         "| target | config | per round | met? |", "|---|---|---|---|", *target_rows(found),
-        *dpo_target_rows(found), "",
+        *dpo_target_rows(found), *grpo_results.target_rows(found), "",
     ]
     if found.get("train"):
         lines += ["## Training: tailor vs TRL SFTTrainer", "",
@@ -290,6 +292,8 @@ def render(found: dict, command: str) -> str:
                   "method. Figures are per round, in round order.", "", *training_table(found), "", SETTINGS, ""]
     if found.get("dpo"):
         lines += ["## DPO: tailor vs TRL DPOTrainer", "", *dpo_table(found), "", DPO_SETTINGS, ""]
+    if found.get("grpo"):
+        lines += ["## GRPO: tailor vs TRL GRPOTrainer", "", *grpo_results.table(found), "", grpo_results.SETTINGS, ""]
     if found.get("demo"):
         d = found["demo"]
         lines += [f"`make demo`'s training (`tailor train examples/pirate-lora.yaml`, command start to exit): "

@@ -325,3 +325,85 @@ def test_resume_after_kill_9_mid_cycle_reuses_the_kept_replies(tiny_model_dir, p
     assert "sampling_s" in a[2] and "sampling_s" not in a[3]  # step 4 trained on step 3's replies again
     assert a[3]["reward_mean"] == a[2]["reward_mean"] and a[3]["clip_fraction"] > 0 and a[-1]["kl"] > 0
     assert resumed.losses == pytest.approx(whole.losses, abs=1e-6)
+
+
+def test_response_format_constrains_the_replies_and_graders_read_output_json(tiny_model_dir, prompts_file, tmp_path):
+    """--response-format json_schema: every sampled reply is the schema's JSON, and a grader that
+    reads {{sample.output_json.answer}} scores every reply without an error."""
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+              "required": ["answer"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": schema}}
+    grader = {"type": "string_check", "name": "yes", "input": "{{sample.output_json.answer}}", "reference": "yes",
+              "operation": "eq"}
+    run = train(_cfg(tiny_model_dir, prompts_file, tmp_path / "run", grader=json.dumps(grader),
+                     response_format=json.dumps(fmt), max_completion_tokens=24, max_steps=2, eval_every=2,
+                     eval_samples=4), quiet=True)
+    log, evals = _metrics(run.out), _metrics(run.out, "eval.jsonl")
+    assert all(r["grader_errors"] == 0 and r["truncated"] == 0 for r in log)
+    answers = [json.loads(s["answer"]) for s in evals[-1]["samples"]]
+    assert answers and all(a["answer"] in ("yes", "no") for a in answers)
+    assert all(s["reward"] == float(a["answer"] == "yes") for s, a in zip(evals[-1]["samples"], answers))
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+
+def test_data_check_names_each_line_and_key_the_grader_lacks(prompts_file, tmp_path, capsys):
+    from tailor.cli import main
+
+    lines = prompts_file.read_text().splitlines()
+    broken = json.loads(lines[2])
+    del broken["answer"]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("\n".join(lines[:2] + [json.dumps(broken)] + lines[3:]) + "\n")
+    grader = tmp_path / "grader.json"
+    grader.write_text(json.dumps(GRADER))
+    assert main(["data", "check", str(data), "--objective", "rft", "--grader", str(grader)]) == 1
+    out = capsys.readouterr().out
+    assert "error line 3, answer: the grader reads {{ item.answer }}" in out and "1 error(s)" in out
+    assert "RFT prompts" in out and "grader:    reads {{ item.answer }}" in out
+    assert main(["data", "check", str(prompts_file)]) == 0  # a prompts file is recognised without --objective
+    assert "RFT prompts" in capsys.readouterr().out
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant",
+                                                                              "content": "ho"}]}) + "\n")
+    assert main(["data", "check", str(chat), "--objective", "grpo"]) == 1
+    out = capsys.readouterr().out
+    assert "error line 1, messages[1].role" in out and "last_message_not_user" in out
+
+
+def test_train_refuses_what_cannot_run_naming_the_fix(tiny_model_dir, prompts_file, tmp_path, capsys):
+    from trainkit import write_chat_jsonl
+
+    from tailor.cli import main
+
+    base = ["train", "--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--max-steps", "1"]
+    assert main(base + ["--data", str(prompts_file), "--objective", "rft"]) == 2
+    assert "--grader GRADER.json or as --reward module:function" in capsys.readouterr().err
+    assert main(base + ["--data", str(prompts_file)]) != 0  # sft on prompts
+    assert "--objective grpo" in capsys.readouterr().err
+    chat = write_chat_jsonl(tmp_path / "chat.jsonl", 12)
+    assert main(base + ["--data", str(chat), "--objective", "grpo", "--grader", json.dumps(GRADER)]) != 0
+    assert "last_message_not_user" in capsys.readouterr().err
+    bad = dict(GRADER, operation="near")
+    assert main(base + ["--data", str(prompts_file), "--objective", "grpo", "--grader", json.dumps(bad)]) == 2
+    assert "grader.operation" in capsys.readouterr().err
+
+
+def test_shared_prompt_prefill_samples_what_separate_prefills_do(tiny_model_dir):
+    """A rollout batch prefills each distinct prompt once and copies its cache rows to the other
+    replies' slots: the replies (seeded) are the very ones each request's own prefill gives."""
+    from transformers import AutoModelForCausalLM
+
+    from tailor.infer.sampling import SamplingParams
+    from tailor.train.generate import LiveBackend, sample_replies
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    live = LiveBackend(model, 64, torch.float32)
+    a, b = [5, 6, 7, 8, 9, 10], [11, 12, 13]
+    prompts = [a, a, a, b, b]
+    params = [SamplingParams(max_new_tokens=10, temperature=1.0, seed=s) for s in range(5)]
+    together = sample_replies(live, prompts, params)
+    alone = [sample_replies(live, [p], [sp])[0] for p, sp in zip(prompts, params)]
+    assert [r.tokens for r in together] == [r.tokens for r in alone]
+    assert len({tuple(r.tokens) for r in together[:3]}) > 1  # the seeds differ, so do the replies

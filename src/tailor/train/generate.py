@@ -152,6 +152,39 @@ class LiveBackend:
             self.backend = engine_forward(self.model, self.max_len, self.dtype)[0]
 
 
+class _SharedPrompts:
+    """The engine's backend for one rollout batch, prefilling each distinct prompt once: GRPO
+    asks for --num-generations replies to every prompt, and a prompt's keys and values are the
+    same for all of them, so the later replies' cache rows are copied from the first's (a few
+    MB) instead of computed again. Valid for one batch whose every reply has a slot of its own
+    (sample_replies' engine), so no slot is overwritten while another copies from it."""
+
+    def __init__(self, backend):
+        self.backend, self.max_len, self.device = backend, backend.max_len, backend.device
+        self.seen: dict[tuple, tuple[int, int, torch.Tensor]] = {}
+
+    def prefill(self, slot: int, ids: list[int], adapter: int = 0, all_logits: bool = False):
+        key = (tuple(ids), adapter)
+        if all_logits or key not in self.seen:
+            logits = self.backend.prefill(slot, ids, adapter, all_logits)
+            if not all_logits:
+                self.seen[key] = (slot, len(ids), logits)
+            return logits
+        src, n, logits = self.seen[key]
+        cache = self.backend.cache
+        with torch.inference_mode():  # the cache's tensors are the engine's inference tensors
+            cache.reserve(slot + 1, n)
+            for kv in cache.kv:
+                kv[:, slot, :, :n] = kv[:, src, :, :n]
+            return logits.clone()
+
+    def decode(self, *args, **kw):
+        return self.backend.decode(*args, **kw)
+
+    def release(self, slot: int) -> None:
+        self.backend.release(slot)
+
+
 @dataclass
 class Reply:
     tokens: list[int] = field(default_factory=list)  # sampled ids, the stop token last when one ended the reply
@@ -166,11 +199,13 @@ def sample_replies(live: LiveBackend, prompts: list[list[int]], params: list, on
     from tailor.errors import TailorError
     from tailor.infer.engine import Engine, Request
 
-    engine = Engine(live.backend, max_batch=max(1, len(prompts)))
     cache = getattr(live.backend, "cache", None)
+    backend = live.backend if cache is None else _SharedPrompts(live.backend)
+    engine = Engine(backend, max_batch=max(1, len(prompts)))  # a slot for every reply: all decode together
     if cache is not None:  # one allocation for the whole batch, not one per admitted reply
-        cache.reserve(len(prompts), min(live.max_len, max(map(len, prompts), default=1)
-                                        + max((p.max_new_tokens for p in params), default=0)))
+        longest = max(map(len, prompts), default=1) + max((p.max_new_tokens for p in params), default=0)
+        with torch.inference_mode():
+            cache.reserve(len(prompts), min(live.max_len, longest))
     replies = [Reply() for _ in prompts]
     failed = []
 

@@ -82,7 +82,8 @@ def plot_losses(out: Path, train: list[dict], evals: list[dict]) -> Path | None:
     axes[-1].set_xlabel("optimizer step")
     for a in axes:
         a.grid(alpha=0.3)
-        a.legend(fontsize="small")
+        if not (reward and a is axes[0]):  # the reward panel has its own legend, over both of its axes
+            a.legend(fontsize="small")
     fig.tight_layout()
     path = out / "loss.png"
     fig.savefig(path)
@@ -123,9 +124,10 @@ def _reward_panel(ax, train: list[dict], evals: list[dict]) -> None:
     ax.set_ylabel("reward")
     length = ax.twinx()
     length.plot(steps, [r["completion_length"] for r in train], color="C2", linewidth=1, alpha=0.5,
-                label="reply tokens (train)")
+                label="mean reply length (train, right axis)")
     length.set_ylabel("mean reply length (tokens)")
-    length.legend(loc="lower right", fontsize="small")
+    handles = ax.get_legend_handles_labels()[0] + length.get_legend_handles_labels()[0]
+    length.legend(handles=handles, fontsize="small", loc="best")  # the twin is drawn last: on top
 
 
 def write_final(out: Path, model, tokenizer, *, stop_ids: list[int], card: str, method: str,

@@ -1,5 +1,5 @@
-"""Training objectives: what differs between supervised fine-tuning and preference tuning (DPO),
-as small plug-ins to the one loop (train/loop.py `_steps`), never trainer classes. Everything
+"""Training objectives: what differs between supervised fine-tuning, preference tuning (DPO) and
+reinforcement fine-tuning (GRPO), as small plug-ins to the one loop (train/loop.py `_steps`), never trainer classes. Everything
 else (accumulation, clipping, scheduling, logging, checkpoints, resume, distribution) is the
 loop's, written and tested once.
 

@@ -274,7 +274,7 @@ def token_terms(logp, old, ref, adv, cfg) -> dict[str, torch.Tensor]:
     clipped_ratio = torch.clamp(ratio, 1 - cfg.epsilon, 1 + high)
     loss = -torch.min(ratio * adv, clipped_ratio * adv)
     kl = torch.zeros_like(logp)
-    if ref is not None:  # k3, times the ratio (TRL's use_bias_correction_kl, its default since 1.11)
+    if ref is not None:  # k3, times the ratio (TRL's use_bias_correction_kl, on by default in 1.16)
         kl = (torch.exp(ref - logp) - (ref - logp) - 1) * ratio
         loss = loss + cfg.beta * kl
     clipped = ((ratio < 1 - cfg.epsilon) & (adv < 0)) | ((ratio > 1 + high) & (adv > 0))
