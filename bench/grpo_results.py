@@ -50,8 +50,9 @@ def table(found: dict) -> list[str]:
             for r in _runs(rows, c["name"], tool):
                 rw = r["rewards"]
                 lines.append(f"| {c['name']} (round {r['round'] + 1}) | {tool} | {r['step_s']:.1f} | "
-                             f"{r['rollout_tokens_per_s']:.0f} | {r['sampling_s']:.1f} | {r['completion_length']:.1f} | "
-                             f"{_mean(rw[:4]):.3f} / {_mean(rw[-4:]):.3f} | {r['peak_rss_mb']:,.0f} |")
+                             f"{r['rollout_tokens_per_s']:.0f} | {r['sampling_s']:.1f} | "
+                             f"{r['completion_length']:.1f} | {_mean(rw[:4]):.3f} / {_mean(rw[-4:]):.3f} | "
+                             f"{r['peak_rss_mb']:,.0f} |")
     return lines
 
 

@@ -47,7 +47,8 @@ def main() -> None:
     def arithmetic(completions, answer, **kw):
         return [reward(c[0]["content"], ans) for c, ans in zip(completions, answer)]
 
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-grpo-bench-"), per_device_train_batch_size=a.prompts * a.generations,
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-grpo-bench-"),
+                      per_device_train_batch_size=a.prompts * a.generations,
                       num_generations=a.generations, max_completion_length=a.max_completion_tokens,
                       temperature=a.temperature, learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0,
                       weight_decay=0.0, max_grad_norm=1.0, max_steps=a.steps + 1, logging_steps=1, save_strategy="no",
@@ -57,7 +58,8 @@ def main() -> None:
     if a.method == "lora":
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32),
                           reward_funcs=arithmetic, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=AutoTokenizer.from_pretrained(a.model), peft_config=peft_config)

@@ -4,7 +4,6 @@ at create (400s naming the field), the prompts checked against its {{item.*}}, t
 hyperparameters, tenant bounds on tailor's own knobs, and whole jobs with a string_check and a
 python grader whose events carry train_reward_mean and valid_reward_mean."""
 
-import json
 import time
 
 import openai
