@@ -346,7 +346,7 @@ def test_response_format_constrains_the_replies_and_graders_read_output_json(tin
 # ---- the command line ------------------------------------------------------------------------
 
 
-def test_data_check_names_each_line_and_key_the_grader_lacks(prompts_file, tmp_path, capsys):
+def test_data_check_names_each_line_and_key_the_grader_lacks(tiny_model_dir, prompts_file, tmp_path, capsys):
     from tailor.cli import main
 
     lines = prompts_file.read_text().splitlines()
@@ -362,6 +362,10 @@ def test_data_check_names_each_line_and_key_the_grader_lacks(prompts_file, tmp_p
     assert "RFT prompts" in out and "grader:    reads {{ item.answer }}" in out
     assert main(["data", "check", str(prompts_file)]) == 0  # a prompts file is recognised without --objective
     assert "RFT prompts" in capsys.readouterr().out
+    assert main(["data", "show", str(prompts_file), "--model", str(tiny_model_dir), "--line", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("line 2: RFT prompt") and shown.rstrip().endswith(json.dumps({"answer": json.loads(
+        prompts_file.read_text().splitlines()[1])["answer"]}))
     chat = tmp_path / "chat.jsonl"
     chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant",
                                                                               "content": "ho"}]}) + "\n")

@@ -148,7 +148,8 @@ def show(args) -> int:
     from tailor.data.templates import ensure_chat_template
     from tailor.errors import TailorError
 
-    parsed = formats.read(_file(args.file))
+    path = _file(args.file)
+    parsed = formats.read(path, fmt="rft" if formats.peek_kind(path) == "prompt" else None)
     items = parsed.items
     if args.line is not None:
         picked = [c for c in items if c.line == args.line]

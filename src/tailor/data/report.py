@@ -12,6 +12,7 @@ from tailor.data.dataset import Analysis
 from tailor.data.examples import select, select_pairs, text_rows
 from tailor.data.formats import FORMAT_NAMES, Conversation, Preference, Text, kind_of
 from tailor.data.problems import Problem, Problems
+from tailor.data.prompts import Prompt
 
 KIND_NAMES = {"chat": "supervised examples (tailor train --objective sft)",
               "preference": "preference pairs (tailor train --objective dpo)",
@@ -225,6 +226,8 @@ def show(renderer, item, color: bool) -> str:
     legend = (f"{GREEN}green{RESET} = trained on" if color else f"{OPEN}...{CLOSE} = trained on")
     if isinstance(item, Text):
         return _show_text(renderer.tokenizer, item, on, off, legend)
+    if isinstance(item, Prompt):
+        return _show_prompt(renderer.tokenizer, item)
     if isinstance(item, Preference):
         parts = [(which, marked(renderer, item.conversation(which))) for which in ("chosen", "rejected")]
         head = (f"line {item.line}: preference pair; " + "; ".join(
@@ -245,6 +248,19 @@ def _lost_calls(n: int) -> str:
         return ""
     return (f"\nwarning: the chat template does not write tool calls; {n} call(s) are missing from what the "
             "model sees")
+
+
+def _show_prompt(tokenizer, item: Prompt) -> str:
+    """An RFT prompt as the model sees it (the assistant's opening last: the reply is sampled in
+    training, so nothing here is trained), and the item its grader reads."""
+    from tailor.data.templates import render_prompt
+
+    ids = render_prompt(tokenizer, item.template_messages(), item.tools)
+    keys = {k: v for k, v in item.item.items() if k not in ("messages", "tools", "parallel_tool_calls")}
+    return (f"line {item.line}: RFT prompt, {len(ids)} tokens (the reply is sampled and graded in training; "
+            f"nothing here is trained)\n" + tokenizer.decode(ids, skip_special_tokens=False)
+            + "\n--- the item the grader reads besides the messages ({{item.<key>}}) ---\n"
+            + json.dumps(keys, ensure_ascii=False))
 
 
 def _show_text(tokenizer, item: Text, on: str, off: str, legend: str) -> str:
