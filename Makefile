@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.tailor-installed
 
-.PHONY: demo rag-demo dpo-demo test test-fast bench install gguf clean
+.PHONY: demo rag-demo dpo-demo rft-demo test test-fast bench install gguf clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ rag-demo: $(STAMP)
 # Preference tuning (DPO) toward short answers: answers before and after, held-out preference accuracy.
 dpo-demo: $(STAMP)
 	@$(PY) examples/dpo_demo.py
+
+# Reinforcement fine-tuning (GRPO) on short additions: the reward curve, answers before and after.
+rft-demo: $(STAMP)
+	@$(PY) examples/rft_demo.py
 
 test: $(STAMP)
 	@$(PY) -m pytest -q

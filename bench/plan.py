@@ -52,6 +52,16 @@ def dpo_configs(quick: bool) -> list[dict]:
     return [{**c, "steps": 2, "rounds": 1} for c in DPO[:1]] if quick else DPO
 
 
+# GRPO vs TRL's GRPOTrainer (bench/grpo_task.py: short additions, the example's reward): 4 prompts x 8
+# replies of up to 32 tokens per step, LoRA, lr 5e-4, temperature 0.7, alternating rounds.
+GRPO = [{"name": "grpo-p4-g8-lora", "method": "lora", "prompts": 4, "generations": 8, "tokens": 32, "steps": 12,
+         "rounds": 2, "lr": "5e-4"}]
+
+
+def grpo_configs(quick: bool) -> list[dict]:
+    return [{**c, "steps": 2, "rounds": 1} for c in GRPO] if quick else GRPO
+
+
 def configs(quick: bool, names: str | None) -> list[dict]:
     if names:
         chosen = [c for c in ALL if c["name"] in names.split(",")]
@@ -93,6 +103,10 @@ def estimate(configs_: list[dict], parts: set, rounds: int, quick: bool = False)
             score = n["val"] * DPO_TOKENS / SCORE_TOKENS_PER_S
             per_round = sum(START_S[t] + work / RATE[(t, c["method"])] + score for t in ("trl-bf16", "tailor"))
             out.append((f"dpo {c['name']} x{min(rounds, c['rounds'])}", per_round * min(rounds, c["rounds"])))
+    if "grpo" in parts:
+        for c in grpo_configs(quick):  # per step on a 2-core CPU: tailor ~15 s, TRL ~60 s (2026-12 runs)
+            per_round = (c["steps"] + 1) * (15 + 60) + START_S["tailor"] + START_S["trl-bf16"]
+            out.append((f"grpo {c['name']} x{min(rounds, c['rounds'])}", per_round * min(rounds, c["rounds"])))
     if "generate" in parts:
         out.append(("decode + server", OTHER_S["generate"] + OTHER_S["generate-round"] * rounds))
     out += [(p, OTHER_S[p]) for p in ("demo", "data", "service", "structured") if p in parts]

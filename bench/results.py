@@ -241,6 +241,17 @@ DPO_SETTINGS = (
     "log-probs (one computation for both). Tokens are real tokens of both sequences of each pair.")
 
 
+def _grpo(name: str, found: dict | None = None):
+    """bench/grpo_results.py's rows (imported only for a run that has GRPO figures: bench/ is on
+    the path of bench/run.py, not of a test that loads this file alone)."""
+    if found is not None and not found.get("grpo"):
+        return []
+    import grpo_results
+
+    value = getattr(grpo_results, name)
+    return value(found) if found is not None else value
+
+
 def decode_table(gen: dict) -> list[str]:
     lines = ["| batch-1 decode (greedy, 50-token prompt, 64 new tokens) | tokens/s per round |", "|---|---|"]
     names = {"hf-fp32": "HF generate fp32", "hf-bf16": "HF generate bf16", "tailor": "tailor engine bf16",
@@ -282,7 +293,7 @@ def render(found: dict, command: str) -> str:
         f"{peak['bf16_tflops']:.2f} TFLOP/s, fp32 {peak['fp32_tflops']:.2f} TFLOP/s.", "",
         "## Targets (performance issue, section 2); each round's ratio, tailor / peer", "",
         "| target | config | per round | met? |", "|---|---|---|---|", *target_rows(found),
-        *dpo_target_rows(found), "",
+        *dpo_target_rows(found), *_grpo("target_rows", found), "",
     ]
     if found.get("train"):
         lines += ["## Training: tailor vs TRL SFTTrainer", "",
@@ -290,6 +301,8 @@ def render(found: dict, command: str) -> str:
                   "method. Figures are per round, in round order.", "", *training_table(found), "", SETTINGS, ""]
     if found.get("dpo"):
         lines += ["## DPO: tailor vs TRL DPOTrainer", "", *dpo_table(found), "", DPO_SETTINGS, ""]
+    if found.get("grpo"):
+        lines += ["## GRPO: tailor vs TRL GRPOTrainer", "", *_grpo("table", found), "", _grpo("SETTINGS"), ""]
     if found.get("demo"):
         d = found["demo"]
         lines += [f"`make demo`'s training (`tailor train examples/pirate-lora.yaml`, command start to exit): "

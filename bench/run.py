@@ -17,10 +17,13 @@
 6. DPO vs TRL's DPOTrainer in its best CPU configuration (bf16, reference log-probs precomputed),
    LoRA and full, the same pairs in the same order, alternating for --rounds rounds: tokens/s,
    peak RSS, and the held-out preference loss (both scored against the base model's log-probs).
+7. GRPO vs TRL's GRPOTrainer in its best CPU configuration (transformers generation, bf16), the
+   same task (bench/grpo_task.py), prompts, replies per prompt and lengths, alternating for --rounds
+   rounds: rollout tokens/s, step time, and the mean reward over the steps.
 Every ratio compares figures measured in this same run. Results: bench/RESULTS.md (the previous
 RESULTS.md moves to the top of bench/HISTORY.md) and bench/.work/rows.json.
 
-    .venv/bin/python bench/run.py [--rounds 2] [--only train,demo,generate,data,service,structured,dpo] [--quick]
+    .venv/bin/python bench/run.py [--rounds 2] [--only train,demo,generate,data,service,structured,dpo,grpo] [--quick]
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import results
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 PY = sys.executable
-PARTS = "train,demo,generate,data,service,structured,dpo"
+PARTS = "train,demo,generate,data,service,structured,dpo,grpo"
 
 
 def run_json(script: str, *args: str, env: dict | None = None, timeout: int = 1800, optional: bool = False) -> dict:
@@ -127,6 +130,28 @@ def bench_dpo(model: str, configs: list[dict], rounds: int, quick: bool) -> list
     return rows
 
 
+def bench_grpo(model: str, configs: list[dict], rounds: int) -> list[dict]:
+    import grpo_task
+
+    train = WORK / "grpo-train.jsonl"
+    grpo_task.write(str(train), str(WORK / "grpo-val.jsonl"))
+    rows = []
+    for r in range(rounds):
+        for c in configs:
+            if r >= c["rounds"]:
+                continue
+            print(f"GRPO {c['name']}, round {r + 1}/{min(rounds, c['rounds'])}", flush=True)
+            args = ["--model", model, "--data", str(train), "--method", c["method"], "--steps", str(c["steps"]),
+                    "--prompts", str(c["prompts"]), "--generations", str(c["generations"]),
+                    "--max-completion-tokens", str(c["tokens"]), "--lr", c["lr"], "--seed", str(r)]
+            got = [run_json("peer_trl_grpo.py", *args, "--bf16", timeout=7200), run_json("run_tailor_grpo.py", *args)]
+            rows += [{**g, "config": c["name"], "round": r} for g in got]
+            print("    " + "  ".join(f"{g['tool']}: {g['step_s']:.1f} s/step, rollout {g['rollout_tokens_per_s']:.0f} "
+                                     f"tok/s, mean reward {sum(g['rewards']) / len(g['rewards']):.3f}" for g in got),
+                  flush=True)
+    return rows
+
+
 def tailor_generate_flags(given: str | None) -> list[str] | None:
     """Flags for tailor's second decode row: as given, or --quantize int8 when tailor has it."""
     if given is not None:
@@ -202,6 +227,9 @@ def main() -> None:
     if "dpo" in parts:
         found["dpo_configs"] = bench_plan.dpo_configs(args.quick)
         found["dpo"] = bench_dpo(model, found["dpo_configs"], rounds, args.quick)
+    if "grpo" in parts:
+        found["grpo_configs"] = bench_plan.grpo_configs(args.quick)
+        found["grpo"] = bench_grpo(model, found["grpo_configs"], rounds)
     if "generate" in parts:
         found["generate"] = bench_generate(model, rounds, tailor_generate_flags(args.tailor_generate_flags))
     if "data" in parts:

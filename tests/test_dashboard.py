@@ -226,6 +226,34 @@ def test_a_good_file_trains_and_the_curve_gains_points_until_succeeded(page, ser
     _until(page, lambda: "succeeded" in _by(page, "#jobs tbody").text, what="the job list")
 
 
+@needs_browser
+def test_a_reinforcement_job_draws_its_reward_curve(page, server, tmp_path):
+    """A job of method reinforcement (made through the API: the form makes supervised jobs): its
+    page draws the train and validation mean reward, and says the grader."""
+    from trainkit import write_prompt_jsonl
+
+    ids = {}
+    for name, n in (("train", 12), ("val", 3)):
+        data = write_prompt_jsonl(tmp_path / f"{name}.jsonl", n, seed=n).read_bytes()
+        ids[name] = _api(server, "POST", "/v1/files", files={"file": (f"{name}.jsonl", data)},
+                         data={"purpose": "fine-tune"}).json()["id"]
+    grader = {"type": "string_check", "name": "answer", "input": "{{sample.output_text}}",
+              "reference": "{{item.answer}}", "operation": "ilike"}
+    job = _api(server, "POST", "/v1/fine_tuning/jobs", json={
+        "model": "tiny", "training_file": ids["train"], "validation_file": ids["val"],
+        "method": {"type": "reinforcement", "reinforcement": {"grader": grader,
+                                                              "hyperparameters": {"batch_size": 2, "eval_interval": 2}}},
+        "tailor": {"max_steps": 4, "dtype": "float32", "max_length": 96, "max_completion_tokens": 6,
+                   "num_generations": 2}}).json()
+    page.get(server["url"] + "/#job=" + job["id"])
+    _until(page, lambda: _by(page, "#job-status").text == "succeeded", what="the job to succeed", timeout=180)
+    canvas = _by(page, "#reward-curve")
+    _until(page, lambda: canvas.get_attribute("data-train-points") == "4", what="four reward points")
+    assert canvas.get_attribute("data-valid-points") == "2" and _by(page, "#reinforcement").is_displayed()
+    assert "grader string_check" in _by(page, "#job-facts").text and "Last mean reward" in _by(page, "#job-facts").text
+    assert "train mean reward=" in _by(page, "#events").text
+
+
 def _file_id(driver) -> str:
     return driver.find_element("css selector", "#data-file").get_attribute("value")
 

@@ -116,7 +116,8 @@ def test_an_upload_over_the_limit_is_413(client):
     ({"method": {"type": "dpo", "dpo": {}}}, "training_file", "invalid_training_file"),  # a supervised file
     ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}}}, "method.dpo.hyperparameters.beta", None),
     ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}}, "method.dpo.hyperparameters.beta", None),
-    ({"method": {"type": "reinforcement"}}, "method.type", "unsupported_method"),
+    ({"method": {"type": "reinforcement"}}, "method.reinforcement.grader", "missing_required_parameter"),
+    ({"method": {"type": "unsupervised"}}, "method.type", None),
     ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs", None),
     ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": "big"}}}},
      "method.supervised.hyperparameters.batch_size", None),

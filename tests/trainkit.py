@@ -63,3 +63,15 @@ def write_preference_jsonl(path: Path, n: int, *, seed: int = 0, style: str = "o
                         "non_preferred_output": [{"role": "assistant", "content": rejected}]}
             f.write(json.dumps(line) + "\n")
     return path
+
+
+def write_prompt_jsonl(path: Path, n: int, *, seed: int = 0) -> Path:
+    """n RFT prompt lines (OpenAI's reinforcement format), deterministic: a user question and the
+    `answer` key a grader reads as {{item.answer}}."""
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for i in range(n):
+            q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6)))
+            line = {"messages": [{"role": "user", "content": f"{i}: {q}?"}], "answer": rng.choice(WORDS)}
+            f.write(json.dumps(line) + "\n")
+    return path

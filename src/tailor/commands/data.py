@@ -16,7 +16,14 @@ def add_arguments(parser) -> None:
                                        "summary. With --model also token counts. Exit 0: no errors; 1: errors; "
                                        "2: usage mistake.")
     check.add_argument("file", help="The JSONL file: supervised (OpenAI chat, prompt/completion, Alpaca, ShareGPT), "
-                                    "preference pairs (OpenAI DPO, prompt/chosen/rejected) or raw text ({\"text\": ...}).")
+                                    "preference pairs (OpenAI DPO, prompt/chosen/rejected), raw text ({\"text\": ...}) "
+                                    "or RFT prompts (messages ending with a user turn).")
+    check.add_argument("--objective", choices=("sft", "dpo", "grpo", "rft"), default=None,
+                       help="What the file is for: grpo (alias rft) reads every line as an RFT prompt (default: "
+                            "from the file; a first line whose messages end with a user turn means grpo).")
+    check.add_argument("--grader", default=None, metavar="GRADER.json",
+                       help="With grpo: the grader (a JSON file or the JSON itself); every {{item.*}} it reads must "
+                            "exist in every line.")
     check.add_argument("--model", default=None,
                        help="Model whose tokenizer and chat template count the tokens (a folder, .gguf, hub id, "
                             "'default').")
@@ -84,9 +91,53 @@ def check(args) -> int:
     if args.max_length is not None and args.max_length < 1:
         raise UsageError(f"--max-length must be a positive number of tokens, not {args.max_length}.")
     tokenizer = _tokenizer(args.model) if args.model else None
+    if _prompts(args, path):
+        return check_prompts(args, path, tokenizer)
+    if args.grader:
+        raise UsageError("--grader checks RFT prompts: give --objective grpo (the file holds "
+                         "supervised or preference data).")
     analysis = analyse(path, tokenizer, chat_template=args.chat_template, use_cache=args.cache)
     report.add_length_warning(analysis.problems, analysis, args.max_length, args.truncate)
     summary = report.summary(analysis, args.max_length, args.truncate, args.model)
+    print(report.to_json(summary) if args.json else report.format_summary(summary))
+    return 1 if summary["errors"] else 0
+
+
+def _prompts(args, path: Path) -> bool:
+    from tailor.data.formats import peek_kind
+
+    if args.objective is not None:
+        return args.objective in ("grpo", "rft")
+    return peek_kind(path) == "prompt"
+
+
+def check_prompts(args, path: Path, tokenizer) -> int:
+    """RFT prompts: every line read as one, the grader's {{item.*}} checked in each."""
+    from tailor.data import formats, prompts, report
+    from tailor.data.dataset import Analysis
+    from tailor.errors import TailorError
+
+    parsed = formats.read(path, fmt="rft")
+    if args.grader:
+        from tailor.train.rewards import checked_grader
+        import json
+
+        try:
+            grader = json.loads(checked_grader(args.grader))
+        except TailorError as exc:
+            raise UsageError(f"--grader {args.grader}: {exc}") from None
+        prompts.check_grader(grader, parsed.prompts, parsed.problems)
+    template_warning = None
+    if tokenizer is not None:
+        from tailor.data.templates import ensure_chat_template
+
+        template_warning = ensure_chat_template(tokenizer, args.chat_template)
+    summary = report.summary(Analysis(parsed, parsed.problems, None, template_warning), args.max_length,
+                             model=args.model)
+    if tokenizer is not None and parsed.prompts:
+        summary["tokens"] = report.prompt_tokens(parsed.prompts, tokenizer, args.max_length)
+    if args.grader:
+        summary["grader_item_keys"] = prompts.item_variables(grader)
     print(report.to_json(summary) if args.json else report.format_summary(summary))
     return 1 if summary["errors"] else 0
 
@@ -97,7 +148,8 @@ def show(args) -> int:
     from tailor.data.templates import ensure_chat_template
     from tailor.errors import TailorError
 
-    parsed = formats.read(_file(args.file))
+    path = _file(args.file)
+    parsed = formats.read(path, fmt="rft" if formats.peek_kind(path) == "prompt" else None)
     items = parsed.items
     if args.line is not None:
         picked = [c for c in items if c.line == args.line]

@@ -1,11 +1,14 @@
 """Read a JSONL dataset, detect its format, validate every line, and convert each example into
 the internal type of its kind.
 
-Three kinds of data, each in its formats (one format per file):
+Four kinds of data, each in its formats (one format per file):
   chat        (supervised) OpenAI chat (`messages`), prompt/completion, Alpaca
               (`instruction`/`input`/`output`) and ShareGPT (`conversations`) -> Conversation
   preference  (DPO) OpenAI's DPO lines and TRL's prompt/chosen/rejected -> Preference
   text        (continued pretraining) `{"text": ...}` -> Text
+  prompt      (reinforcement fine-tuning) OpenAI's RFT lines: `messages` ending with a user turn,
+              other keys for the grader -> Prompt. Its lines look like chat lines, so it is read
+              as such when asked (`read(path, fmt="rft")`: --objective grpo), never guessed.
 Every problem is collected, not just the first, each with its line, field path, what is wrong
 and the fix, so a user can repair a file in one pass.
 """
@@ -17,23 +20,26 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tailor.data import convert, preference
+from tailor.data import convert, preference, prompts
 from tailor.data.convert import Conversation, Message, type_name
 from tailor.data.preference import Preference, Text
 from tailor.data.problems import Problems
+from tailor.data.prompts import Prompt
 
 __all__ = ["FORMAT_NAMES", "Conversation", "Message", "Parsed", "Preference", "Text", "detect_format", "kind_of",
            "peek_kind", "read"]
 
 FORMAT_NAMES = {"chat": "OpenAI chat", "prompt_completion": "prompt/completion",
                 "alpaca": "Alpaca", "sharegpt": "ShareGPT", "openai_preference": "OpenAI preference (DPO)",
-                "trl_preference": "prompt/chosen/rejected preference", "text": "raw text"}
-KINDS = {"openai_preference": "preference", "trl_preference": "preference", "text": "text"}  # the rest: chat
-CONVERTERS = {**convert.CONVERTERS, **preference.CONVERTERS}
+                "trl_preference": "prompt/chosen/rejected preference", "text": "raw text",
+                "rft": "OpenAI reinforcement (RFT prompts)"}
+KINDS = {"openai_preference": "preference", "trl_preference": "preference", "text": "text",
+         "rft": "prompt"}  # the rest: chat
+CONVERTERS = {**convert.CONVERTERS, **preference.CONVERTERS, "rft": prompts.from_rft}
 
 
 def kind_of(fmt: str | None) -> str:
-    """chat (supervised examples), preference (pairs for DPO) or text (raw text)."""
+    """chat (supervised examples), preference (pairs for DPO), text (raw text) or prompt (RFT)."""
     return KINDS.get(fmt or "", "chat")
 
 
@@ -48,6 +54,7 @@ class Parsed:
     lines: int = 0
     pairs: list[Preference] = field(default_factory=list)
     texts: list[Text] = field(default_factory=list)
+    prompts: list[Prompt] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -55,8 +62,9 @@ class Parsed:
 
     @property
     def items(self) -> list:
-        """The file's examples, of its kind: Conversations, Preferences or Texts."""
-        return {"chat": self.conversations, "preference": self.pairs, "text": self.texts}[self.kind]
+        """The file's examples, of its kind: Conversations, Preferences, Texts or Prompts."""
+        return {"chat": self.conversations, "preference": self.pairs, "text": self.texts,
+                "prompt": self.prompts}[self.kind]
 
 
 def detect_format(obj: dict) -> str | None:
@@ -82,24 +90,38 @@ def peek_kind(path: str | Path) -> str | None:
     is): enough to refuse the wrong file before rendering the whole of it."""
     try:
         with open(path, "rb") as f:
-            for raw in f:
-                try:
-                    obj = json.loads(raw.decode("utf-8-sig"))
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    continue
-                if isinstance(obj, dict) and detect_format(obj):
-                    return kind_of(detect_format(obj))
+            return peek_lines(f)
     except OSError:
         return None
+
+
+def peek_lines(lines) -> str | None:
+    """peek_kind over an iterable of raw lines."""
+    for raw in lines:
+        try:
+            obj = json.loads(raw.decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(obj, dict) and detect_format(obj):
+            return "prompt" if _ends_with_user(obj) else kind_of(detect_format(obj))
     return None
+
+
+def _ends_with_user(obj: dict) -> bool:
+    """An OpenAI chat line whose last message is the user's: a prompt to answer (RFT), not an
+    example to learn."""
+    messages = obj.get("messages")
+    return (detect_format(obj) == "chat" and isinstance(messages, list) and bool(messages)
+            and isinstance(messages[-1], dict) and messages[-1].get("role") == "user")
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading lines
 
 
-def read(path: str | Path) -> Parsed:
-    """Parse and validate every line of `path`."""
+def read(path: str | Path, fmt: str | None = None) -> Parsed:
+    """Parse and validate every line of `path`; `fmt` reads every line as that format (e.g.
+    "rft") instead of detecting it."""
     path = Path(path)
     problems = Problems(path)
     try:
@@ -111,11 +133,11 @@ def read(path: str | Path) -> Parsed:
     except OSError as exc:
         problems.error(0, "", "unreadable", f"cannot read the file: {exc.strerror}", "check the path and permissions")
         return Parsed(path, None, [], problems)
-    return parse_bytes(raw, path, problems)
+    return parse_bytes(raw, path, problems, fmt)
 
 
-def parse_bytes(raw: bytes, path: Path, problems: Problems) -> Parsed:
-    parsed = Parsed(path, None, [], problems)
+def parse_bytes(raw: bytes, path: Path, problems: Problems, fmt: str | None = None) -> Parsed:
+    parsed = Parsed(path, fmt, [], problems)
     if raw.startswith(b"\xef\xbb\xbf"):
         problems.warning(1, "", "bom", "the file starts with a UTF-8 byte-order mark (BOM); it is ignored",
                          "save the file as UTF-8 without BOM")
@@ -137,20 +159,20 @@ def parse_bytes(raw: bytes, path: Path, problems: Problems) -> Parsed:
         obj = _decode_line(number, data, problems)
         if obj is None:
             continue
-        fmt = detect_format(obj)
-        if fmt is None:
+        found = parsed.format if fmt else detect_format(obj)
+        if found is None:
             problems.error(number, "", "missing_messages_list",
                            f"no recognised fields (found: {', '.join(sorted(obj)) or 'none'})",
                            'give "messages": [...], or "prompt"+"completion", "instruction"+"output", '
                            '"conversations", a preference pair ("input"+"preferred_output"+"non_preferred_output", '
                            'or "prompt"+"chosen"+"rejected"), or "text"')
             continue
-        formats.setdefault(fmt, number)
+        formats.setdefault(found, number)
         if parsed.format is None:
-            parsed.format = fmt
-        elif fmt != parsed.format:
+            parsed.format = found
+        elif found != parsed.format:
             continue  # reported once below, for the first line that differs
-        item = CONVERTERS[fmt](obj, number, problems)
+        item = CONVERTERS[found](obj, number, problems)
         if item is not None:
             parsed.items.append(item)
     if crlf:

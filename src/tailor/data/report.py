@@ -12,9 +12,11 @@ from tailor.data.dataset import Analysis
 from tailor.data.examples import select, select_pairs, text_rows
 from tailor.data.formats import FORMAT_NAMES, Conversation, Preference, Text, kind_of
 from tailor.data.problems import Problem, Problems
+from tailor.data.prompts import Prompt
 
 KIND_NAMES = {"chat": "supervised examples (tailor train --objective sft)",
               "preference": "preference pairs (tailor train --objective dpo)",
+              "prompt": "RFT prompts (tailor train --objective grpo: replies are sampled and graded)",
               "text": "raw text (tailor train --objective sft: continued pretraining; every token is trained, "
                       "the documents packed end to end into rows of --max-length)"}
 
@@ -132,12 +134,34 @@ def format_summary(s: dict) -> str:
     t = s.get("tokens")
     if t:
         lines += _token_lines(t, s["kind"], s["model"])
+    if s.get("grader_item_keys") is not None:
+        keys = ", ".join(f"{{{{ {k} }}}}" for k in s["grader_item_keys"]) or "none"
+        lines.append(f"grader:    reads {keys} from each line")
     lines.append(f"epochs:    {s['epochs_auto']} with n_epochs=auto (OpenAI's rule for {s['examples']} examples)")
     return "\n".join(lines)
 
 
+def prompt_tokens(items: list, tokenizer, max_length: int | None) -> dict:
+    """Token counts of RFT prompts as training renders them (the assistant's opening included);
+    with max_length, how many leave no room for a reply."""
+    from tailor.data.templates import render_prompt
+
+    lengths = np.array([len(render_prompt(tokenizer, p.template_messages(), p.tools)) for p in items])
+    return {"per_example": {"min": int(lengths.min()), "median": float(np.median(lengths)),
+                            "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max())},
+            "total": int(lengths.sum()), "trained": 0, "max_length": max_length,
+            "over_max_length": int((lengths >= max_length).sum()) if max_length else 0}
+
+
 def _token_lines(t: dict, kind: str, model: str | None) -> list[str]:
     pe = t["per_example"]
+    if kind == "prompt":
+        out = [f"tokens:    per prompt min {pe['min']} / median {pe['median']:g} / p95 {pe['p95']:g} / max {pe['max']} "
+               f"({model}); total {t['total']} (the replies are sampled in training)"]
+        if t["max_length"]:
+            out.append(f"           at or over max_length={t['max_length']}: {t['over_max_length']} prompt(s) (no "
+                       "room for a reply: dropped in training, with --max-length minus --max-completion-tokens)")
+        return out
     per = {"chat": "example", "preference": "pair (both sequences)", "text": "document"}[kind]
     trained = {"chat": "trained (assistant)", "preference": "trained (the completions)",
                "text": "trained (every token)"}[kind]
@@ -202,6 +226,8 @@ def show(renderer, item, color: bool) -> str:
     legend = (f"{GREEN}green{RESET} = trained on" if color else f"{OPEN}...{CLOSE} = trained on")
     if isinstance(item, Text):
         return _show_text(renderer.tokenizer, item, on, off, legend)
+    if isinstance(item, Prompt):
+        return _show_prompt(renderer.tokenizer, item)
     if isinstance(item, Preference):
         parts = [(which, marked(renderer, item.conversation(which))) for which in ("chosen", "rejected")]
         head = (f"line {item.line}: preference pair; " + "; ".join(
@@ -222,6 +248,19 @@ def _lost_calls(n: int) -> str:
         return ""
     return (f"\nwarning: the chat template does not write tool calls; {n} call(s) are missing from what the "
             "model sees")
+
+
+def _show_prompt(tokenizer, item: Prompt) -> str:
+    """An RFT prompt as the model sees it (the assistant's opening last: the reply is sampled in
+    training, so nothing here is trained), and the item its grader reads."""
+    from tailor.data.templates import render_prompt
+
+    ids = render_prompt(tokenizer, item.template_messages(), item.tools)
+    keys = {k: v for k, v in item.item.items() if k not in ("messages", "tools", "parallel_tool_calls")}
+    return (f"line {item.line}: RFT prompt, {len(ids)} tokens (the reply is sampled and graded in training; "
+            f"nothing here is trained)\n" + tokenizer.decode(ids, skip_special_tokens=False)
+            + "\n--- the item the grader reads besides the messages ({{item.<key>}}) ---\n"
+            + json.dumps(keys, ensure_ascii=False))
 
 
 def _show_text(tokenizer, item: Text, on: str, off: str, legend: str) -> str:

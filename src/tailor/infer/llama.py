@@ -99,7 +99,7 @@ class LlamaForward:
     def _dense(self, mods) -> Dense:
         """One Dense over the HF linears `mods` (PEFT-wrapped or not), concatenated by rows."""
         mods = [getattr(m, "base_layer", m) for m in mods]
-        w = torch.cat([self._t(m.weight) for m in mods], 0) if len(mods) > 1 else self._t(mods[0].weight)
+        w = _joined([self._t(m.weight) for m in mods])
         bias = None
         if any(m.bias is not None for m in mods):
             bias = torch.cat([self._t(m.bias) if m.bias is not None else w.new_zeros(m.weight.shape[0])
@@ -226,6 +226,25 @@ class _ServeOps:
                 x = h.reshape(-1, h.shape[-1]) if rows is None else h.reshape(-1, h.shape[-1]).index_select(0, rows)
                 out = llama.add_lora(out, F.linear(x, ab[0]), ab[1], rows)
         return out
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The parts stacked by rows: a view when they already lie one after another in one storage
+    (training's fused forward lays a frozen q/k/v out so), so an engine built over a model being
+    trained shares its weights instead of copying them; else a copy."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    rows = sum(p.shape[0] for p in parts)
+    adjacent = all(p.is_contiguous() and p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+                   for p in parts)
+    at = first.storage_offset()
+    for p in parts if adjacent else ():
+        adjacent = adjacent and p.storage_offset() == at and p.shape[1:] == first.shape[1:]
+        at += p.numel()
+    if adjacent and first.is_contiguous():
+        return first.as_strided((rows, *first.shape[1:]), first.stride())
+    return torch.cat(parts, 0)
 
 
 def _groups(adapters: list[int], device) -> list[tuple[int, torch.Tensor | None]]:

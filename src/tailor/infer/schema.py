@@ -11,6 +11,8 @@ nesting depth: OpenAI's pages have said 5 and 10; tailor takes 10.
 
 from __future__ import annotations
 
+import re
+
 from tailor.infer.grammar import GrammarError
 
 MAX_DEPTH = 10  # levels of nested values (object properties, array items)
@@ -147,6 +149,40 @@ def _join(path: str, key: str) -> str:
 
 def _where(path: str) -> str:
     return path or "the root"
+
+
+_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+ANY_OBJECT = {"type": "object"}
+
+
+def response_schema(fmt) -> tuple[dict, bool] | None:
+    """(schema, strict) from OpenAI's response_format, None for text; GrammarError naming the
+    field (`path`) for a malformed one. The server's requests and GRPO's rollouts read it here."""
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+        raise GrammarError('response_format.type must be "text", "json_object" or "json_schema".',
+                           "response_format.type")
+    if fmt["type"] == "text":
+        return None
+    if fmt["type"] == "json_object":
+        return ANY_OBJECT, False
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict):
+        raise GrammarError('response_format.json_schema must be an object: {"name": ..., "schema": {...}}.',
+                           "response_format.json_schema")
+    name = spec.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise GrammarError("response_format.json_schema.name must be 1 to 64 letters, digits, _ or -.",
+                           "response_format.json_schema.name")
+    strict = spec.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise GrammarError("response_format.json_schema.strict must be true or false.",
+                           "response_format.json_schema.strict")
+    schema = spec.get("schema")
+    if schema is None:  # OpenAI's schema is optional: then any JSON object
+        return ANY_OBJECT, False
+    return schema, bool(strict)
 
 
 def compile_schema(schema, *, strict: bool, tokenizer, stop_ids: list[int], width: int):

@@ -12,16 +12,13 @@ A bad schema is a 400 naming the keyword. Compiling happens on the request's wor
 
 from __future__ import annotations
 
-import re
-
 from tailor.infer import grammar, schema as schemas
 from tailor.infer.grammar import GrammarError
 from tailor.infer.loading import embedding_rows
 from tailor.serve import tools
 from tailor.serve.errors import APIError
 
-_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-ANY_OBJECT = {"type": "object"}
+ANY_OBJECT = schemas.ANY_OBJECT
 
 
 def reply_grammar(body, served) -> grammar.Grammar | None:
@@ -43,32 +40,11 @@ def reply_grammar(body, served) -> grammar.Grammar | None:
 
 
 def response_schema(fmt) -> tuple[dict, bool] | None:
-    """(schema, strict) from a response_format, None for text; 400 for a malformed one."""
-    if fmt is None:
-        return None
-    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
-        raise APIError(400, 'response_format.type must be "text", "json_object" or "json_schema".',
-                       param="response_format.type")
-    if fmt["type"] == "text":
-        return None
-    if fmt["type"] == "json_object":
-        return ANY_OBJECT, False
-    spec = fmt.get("json_schema")
-    if not isinstance(spec, dict):
-        raise APIError(400, 'response_format.json_schema must be an object: {"name": ..., "schema": {...}}.',
-                       param="response_format.json_schema")
-    name = spec.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise APIError(400, "response_format.json_schema.name must be 1 to 64 letters, digits, _ or -.",
-                       param="response_format.json_schema.name")
-    strict = spec.get("strict")
-    if strict is not None and not isinstance(strict, bool):
-        raise APIError(400, "response_format.json_schema.strict must be true or false.",
-                       param="response_format.json_schema.strict")
-    schema = spec.get("schema")
-    if schema is None:  # OpenAI's schema is optional: then any JSON object
-        return ANY_OBJECT, False
-    return schema, bool(strict)
+    """(schema, strict) from a response_format, None for text; 400 naming the field for a malformed one."""
+    try:
+        return schemas.response_schema(fmt)
+    except GrammarError as exc:
+        raise APIError(400, str(exc), param=exc.path) from None
 
 
 def _compile(build, served, param: str) -> grammar.Grammar:

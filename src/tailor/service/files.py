@@ -81,12 +81,14 @@ def store_bytes(store: Store, project: str, filename: str, purpose: str, data: b
 
 def check(data: bytes, filename: str) -> dict:
     """The data checker's verdict as FileObject fields (+ `_examples`, the valid example count, and
-    `_kind`: chat, preference or text)."""
+    `_kind`: chat, preference, text or prompt)."""
     from tailor.data import formats
     from tailor.data.problems import Problem, Problems
 
     problems = Problems(filename)
-    parsed = formats.parse_bytes(data, Path(filename), problems)
+    # RFT prompts look like chat lines ending with a user turn: the first line decides
+    fmt = "rft" if formats.peek_lines(data.splitlines()) == "prompt" else None
+    parsed = formats.parse_bytes(data, Path(filename), problems, fmt)
     errors = problems.sorted()
     errors = [p for p in errors if p.severity == "error"]
     n = len(parsed.items)  # conversations, preference pairs or raw-text documents

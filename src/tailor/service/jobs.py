@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tailor.service import files, integrations, policy as tenancy
+from tailor.service import files, integrations, policy as tenancy, reinforcement
 from tailor.service.errors import ServiceError, invalid, not_found, rate_limited
 from tailor.service.store import Store, new_id
 
@@ -23,13 +23,26 @@ _RESERVED = {"data": "training_file", "val": "validation_file", "model": "model"
              "seed": "seed", "epochs": "hyperparameters.n_epochs", "batch_size": "hyperparameters.batch_size",
              "lr": "hyperparameters.learning_rate_multiplier", "report_to": "integrations",
              "run_name": "integrations", "tracker_project": "integrations", "tracker_tags": "integrations",
-             "tracker_entity": "integrations", "objective": "method.type",
-             "beta": "method.dpo.hyperparameters.beta"}
-# method type -> (hyperparameters with (kind, low, high) bounds, the data kind its files hold); OpenAI's spec bounds
+             "tracker_entity": "integrations", "objective": "method.type"}
+# ...and those a method sets itself, besides
+_METHOD_RESERVED = {"dpo": {"beta": "method.dpo.hyperparameters.beta"},
+                    "reinforcement": {"grader": "method.reinforcement.grader", "reward": "method.reinforcement.grader",
+                                      "response_format": "method.reinforcement.response_format",
+                                      "eval_every": "method.reinforcement.hyperparameters.eval_interval",
+                                      "eval_generations": "method.reinforcement.hyperparameters.eval_samples"}}
+# method type -> (hyperparameters with (kind, low, high) bounds, or the allowed words, the data kind its files
+# hold); OpenAI's spec bounds
 _COMMON = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256), "learning_rate_multiplier": (float, 1e-6, 100.0)}
 METHODS = {"supervised": (_COMMON, ("chat", "text")),
-           "dpo": ({**_COMMON, "beta": (float, 1e-6, 2.0)}, ("preference",))}
+           "dpo": ({**_COMMON, "beta": (float, 1e-6, 2.0)}, ("preference",)),
+           "reinforcement": ({**_COMMON, "eval_interval": (int, 1, 100000), "eval_samples": (int, 1, 1000),
+                              "compute_multiplier": (float, 1e-5, 10.0),
+                              "reasoning_effort": ("default", "low", "medium", "high")}, ("prompt",))}
 AUTO_BETA = 0.1  # TRL's default, and the DPO paper's
+# Reinforcement's "auto" (OpenAI publishes no rule): 4 prompts per step, each with
+# num_generations replies (8, TRL's default; times compute_multiplier, at least 2); one reply per
+# validation prompt at each evaluation; evaluations about 4 times per run, as tailor's default.
+AUTO_RFT_BATCH_SIZE = 4
 _SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 # model -> (training reference, name used in fine_tuned_model); raises ServiceError when unknown
@@ -50,18 +63,24 @@ def create(store: Store, project: str, req: dict, resolve_model: ModelResolver,
         raise invalid("Missing required parameter: 'model'.", "model", "missing_required_parameter")
     ref, base_name = resolve_model(model)
     kind, hyper = _hyperparameters(req)
+    reward = reinforcement.method_body(req) if kind == "reinforcement" else {}
     train_file = _data_file(store, project, req.get("training_file"), "training_file", required=True, method=kind)
-    val_file = _data_file(store, project, req.get("validation_file"), "validation_file", required=False,
-                          method=kind)
+    val_file = _data_file(store, project, req.get("validation_file"), "validation_file",
+                          required=kind == "reinforcement", method=kind)
+    if kind == "reinforcement":
+        reinforcement.check_items(store, reward["grader"], train_file, val_file)
     suffix, seed, metadata = _suffix(req.get("suffix")), _seed(req.get("seed")), _metadata(req.get("metadata"))
     n = train_file["_examples"]
+    auto_batch = AUTO_RFT_BATCH_SIZE if kind == "reinforcement" else AUTO_BATCH_SIZE
     resolved = {"n_epochs": _auto_epochs(n) if hyper["n_epochs"] == "auto" else hyper["n_epochs"],
-                "batch_size": AUTO_BATCH_SIZE if hyper["batch_size"] == "auto" else hyper["batch_size"],
+                "batch_size": auto_batch if hyper["batch_size"] == "auto" else hyper["batch_size"],
                 "learning_rate_multiplier": 1.0 if hyper["learning_rate_multiplier"] == "auto"
                 else hyper["learning_rate_multiplier"]}
     if kind == "dpo":
         resolved["beta"] = AUTO_BETA if hyper["beta"] == "auto" else hyper["beta"]
-    train_cfg = _train_config(ref, req.get("tailor"), resolved, seed, policy, project, kind)
+    if kind == "reinforcement":
+        resolved.update(reinforcement.resolve(hyper))
+    train_cfg = _train_config(ref, req.get("tailor"), resolved, seed, policy, project, kind, reward)
     wired = integrations.parse(req.get("integrations"))
     jid = new_id("ftjob-")
     train_cfg.update(integrations.train_settings(wired, jid, model))
@@ -71,7 +90,7 @@ def create(store: Store, project: str, req: dict, resolve_model: ModelResolver,
            "result_files": [], "seed": seed, "status": "validating_files", "trained_tokens": None,
            "training_file": train_file["id"], "validation_file": val_file["id"] if val_file else None,
            "estimated_finish": None, "integrations": wired, "metadata": metadata, "user_provided_suffix": suffix,
-           "method": {"type": kind, kind: {"hyperparameters": resolved}},
+           "method": {"type": kind, kind: {**reward, "hyperparameters": resolved}},
            "_train": train_cfg, "_model_name": f"ft:{base_name}:{project}:{suffix or ''}:{jid[6:14]}",
            "_project": project}
     with store.transaction():  # the quota check and the insert as one
@@ -124,7 +143,11 @@ def _check_kind(store: Store, f: dict, param: str, method: str) -> None:
     needs = METHODS[method][1]
     if kind in needs:
         return
-    if method == "dpo":
+    if method == "reinforcement":
+        fix = ("every line needs 'messages' ending with a user turn (the model's reply is sampled and graded), and "
+               "the keys the grader reads")
+        other = "use method 'dpo' for it" if kind == "preference" else "use method 'supervised' for it"
+    elif method == "dpo":
         fix = ("every line needs 'input' ({\"messages\": [...]}), 'preferred_output' and 'non_preferred_output' (one "
                "assistant message each), or 'prompt', 'chosen' and 'rejected'")
         other = "use method 'supervised' for it"
@@ -141,11 +164,9 @@ def _hyperparameters(req: dict) -> tuple[str, dict]:
     if not isinstance(method, dict):
         raise invalid("'method' must be an object like {\"type\": \"supervised\"}.", "method")
     kind = method.get("type", "supervised")
-    if kind == "reinforcement":
-        raise invalid("Fine-tuning method 'reinforcement' is not supported yet; use 'supervised' or 'dpo'.",
-                      "method.type", "unsupported_method")
     if kind not in METHODS:
-        raise invalid(f"Unknown fine-tuning method '{kind}'; use 'supervised' or 'dpo'.", "method.type")
+        raise invalid(f"Unknown fine-tuning method '{kind}'; use 'supervised', 'dpo' or 'reinforcement'.",
+                      "method.type")
     bounds = METHODS[kind][0]
     body = method.get(kind) or {}
     if not isinstance(body, dict):
@@ -162,7 +183,14 @@ def _hyperparameters(req: dict) -> tuple[str, dict]:
     if unknown:
         raise invalid(f"Unknown hyperparameter(s): {', '.join(unknown)}.", f"{where}.{unknown[0]}")
     out = {}
-    for name, (kind_, lo, hi) in bounds.items():
+    for name, bound in bounds.items():
+        if isinstance(bound[0], str):  # words: OpenAI's reasoning_effort
+            value = given.get(name, bound[0])
+            if value not in bound:
+                raise invalid(f"Invalid {name}: {value!r}; give one of {', '.join(bound)}.", f"{where}.{name}")
+            out[name] = value
+            continue
+        kind_, lo, hi = bound
         value = given.get(name, "auto")
         ok = value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
                                  and (kind_ is float or float(value).is_integer()))
@@ -207,7 +235,7 @@ def _metadata(value) -> dict:
 
 
 def _train_config(ref: str, knobs, resolved: dict, seed: int, policy: tenancy.Policy, project: str,
-                  method: str = "supervised") -> dict:
+                  method: str = "supervised", reward: dict | None = None) -> dict:
     """The TrainConfig (as a dict) this job runs: the `tailor` object's knobs (a tenant's, so
     within the operator's allowlist and bounds), then the job's own."""
     from tailor import config
@@ -217,9 +245,10 @@ def _train_config(ref: str, knobs, resolved: dict, seed: int, policy: tenancy.Po
     knobs = knobs or {}
     if not isinstance(knobs, dict):
         raise invalid("'tailor' must be an object of tailor train settings, e.g. {\"method\": \"lora\"}.", "tailor")
+    reserved = {**_RESERVED, **_METHOD_RESERVED.get(method, {})}
     for key in knobs:
-        if key.replace("-", "_") in _RESERVED:
-            where = _RESERVED[key.replace("-", "_")]
+        if key.replace("-", "_") in reserved:
+            where = reserved[key.replace("-", "_")]
             raise invalid(f"tailor.{key} is set by the job itself" + (f"; use '{where}'." if where else "."),
                           f"tailor.{key}")
     tenancy.check_options(knobs, policy, project)
@@ -229,12 +258,14 @@ def _train_config(ref: str, knobs, resolved: dict, seed: int, policy: tenancy.Po
         raise invalid(str(exc), "tailor") from exc
     given_length = any(k.replace("-", "_") == "max_length" for k in knobs)
     tenancy.check_bounds(cfg, knobs, policy, _context(ref) if given_length else None)
+    rft = reinforcement.train_settings(cfg, resolved, reward, policy) if method == "reinforcement" else {}
     try:
         lr = METHOD_DEFAULTS[cfg.method]["lr"] * resolved["learning_rate_multiplier"]
         own = {"model": ref, "epochs": resolved["n_epochs"], "seed": seed, "batch_size": resolved["batch_size"],
                "lr": lr, "data": "-"}  # data: the worker gives the job's own copy of the file
         if method == "dpo":
             own.update(objective="dpo", beta=resolved["beta"])
+        own.update(rft)
         cfg = config.build(TrainConfig, {"keep_checkpoints": min(KEEP_CHECKPOINTS, policy.max_keep_checkpoints)},
                            knobs, own)
         resolve(cfg)

@@ -22,6 +22,9 @@ TENANT_KNOBS = frozenset({
     "log_every", "eval_every", "eval_samples", "sample_max_tokens", "val_split", "val_max",
     "save_every", "keep_checkpoints", "max_steps", "gradient_checkpointing", "chat_template",
     "dpo_loss", "rpo_alpha", "dpo_reference",  # DPO's own (objective and beta come from method.dpo)
+    # reinforcement's own (the grader, evaluations and objective come from method.reinforcement)
+    "num_generations", "max_completion_tokens", "temperature", "top_p", "beta", "grpo_loss", "epsilon",
+    "epsilon_high", "num_iterations", "scale_rewards",
 })
 # Operator-only options, with the reason a tenant is told.
 OPERATOR_ONLY = {
@@ -34,6 +37,7 @@ OPERATOR_ONLY = {
     "qlora": "it needs the server's CUDA device",
     "report_to": "trackers use the operator's credentials; use the job's `integrations`",
     "reward": "it imports server code; use the reinforcement method's grader",
+    "judge_url": "it makes the training process call a server",
 }
 NAMED_TEMPLATES = ("chatml", "llama3", "alpaca")
 
@@ -56,6 +60,10 @@ class Policy:
     """Most answers generated per evaluation (tailor.eval_samples)."""
     max_sample_tokens: int = 1024
     """Most tokens per generated evaluation answer (tailor.sample_max_tokens)."""
+    max_num_generations: int = 64
+    """Most replies a reinforcement job samples per prompt (tailor.num_generations x compute_multiplier)."""
+    max_completion_tokens: int = 2048
+    """Most tokens per sampled reply in a reinforcement job (tailor.max_completion_tokens)."""
     max_template_chars: int = 65536
     """Longest inline chat template a tenant may give (tailor.chat_template as Jinja text)."""
     max_project_jobs: int = 8
@@ -132,7 +140,11 @@ def _bounds(policy: Policy) -> dict[str, tuple[float, str]]:
             "eval_samples": (policy.max_eval_samples, "--max-eval-samples"),
             "sample_max_tokens": (policy.max_sample_tokens, "--max-sample-tokens"),
             "val_max": (10000, "limit"),
-            "rpo_alpha": (10.0, "limit")}
+            "rpo_alpha": (10.0, "limit"),
+            "num_generations": (policy.max_num_generations, "--max-num-generations"),
+            "max_completion_tokens": (policy.max_completion_tokens, "--max-completion-tokens"),
+            "num_iterations": (16, "limit"), "temperature": (2.0, "limit"), "beta": (10.0, "limit"),
+            "epsilon_high": (10.0, "limit")}
 
 
 def _check_template(value, policy: Policy) -> None:

@@ -14,8 +14,6 @@ with a reason that never shows a server path."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -29,16 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tailor.service import jobs, procs
+from tailor.service import jobs, procs, reports
 from tailor.service.policy import Policy
 from tailor.service.store import Store, new_id
 
 log = logging.getLogger(__name__)
-CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
-# A DPO run's metrics (tailor.train.objectives.dpo), as train_* and valid_* in events and the result CSV.
-PREFERENCE = ("rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy", "logps_chosen",
-              "logps_rejected")
-
 # publish(ref, model_id, owner): serve the folder `ref` as `model_id` (raises when it cannot)
 Publisher = Callable[[str, str, str], None]
 
@@ -324,21 +317,27 @@ class Worker:
             run.last_step = r["step"]
             data = {"step": r["step"], "train_loss": r["loss"], "total_steps": total,
                     "train_mean_token_accuracy": None, "valid_loss": None, "valid_mean_token_accuracy": None,
-                    **{f"train_{k}": r[k] for k in PREFERENCE if k in r}}
+                    **{f"train_{k}": r[k] for k in reports.PREFERENCE if k in r},
+                    **reports.reinforcement_data(r, "train")}
+            words = reports.preference_words(r) + reports.reward_words(r, "train")
             jobs.event(self.store, job, f"Step {r['step']}{f'/{total}' if total else ''}: training loss="
-                       f"{r['loss']:.4f}" + _preference_words(r), type_="metrics", data=data)
+                       f"{r['loss']:.4f}" + words, type_="metrics", data=data)
             self.store.update("jobs", run.job_id, trained_tokens=r.get("tokens_seen"))
         if total and run.last_step > first:
             per_step = (time.time() - run.started) / max(1, run.last_step - run.first_step)
             eta = int(time.time() + per_step * (total - run.last_step))
             self.store.update("jobs", run.job_id, estimated_finish=eta)
         for r in run.evals.read():
-            if r["step"] <= run.last_eval or "val_loss" not in r:
+            if r["step"] <= run.last_eval or not {"val_loss", "val_reward_mean"} & r.keys():
                 continue
             run.last_eval = r["step"]
+            if "val_reward_mean" in r:
+                jobs.event(self.store, job, f"Step {r['step']}" + reports.reward_words(r, "val").replace(",", ":", 1),
+                           type_="metrics", data={"step": r["step"], **reports.reinforcement_data(r, "val")})
+                continue
             data = {"step": r["step"], "valid_loss": r["val_loss"], "valid_mean_token_accuracy": r.get("val_accuracy"),
-                    **{f"valid_{k}": r[f"val_{k}"] for k in PREFERENCE if f"val_{k}" in r}}
-            said = (_preference_words(r, "val_") if "val_rewards_margin" in r
+                    **{f"valid_{k}": r[f"val_{k}"] for k in reports.PREFERENCE if f"val_{k}" in r}}
+            said = (reports.preference_words(r, "val_") if "val_rewards_margin" in r
                     else f", token accuracy={r.get('val_accuracy', 0):.3f}")
             jobs.event(self.store, job, f"Step {r['step']}: validation loss={r['val_loss']:.4f}{said}",
                        type_="metrics", data=data)
@@ -407,7 +406,7 @@ class Worker:
     def _succeed(self, run: _Run, job: dict, final: Path) -> None:
         from tailor.service import files
 
-        csv_bytes = metrics_csv(_read_jsonl(run.out / "metrics.jsonl"), _read_jsonl(run.out / "eval.jsonl"))
+        csv_bytes = reports.metrics_csv(_read_jsonl(run.out / "metrics.jsonl"), _read_jsonl(run.out / "eval.jsonl"))
         result = files.store_bytes(self.store, job["_project"], "step_metrics.csv", "fine-tune-results", csv_bytes)
         name = job["_model_name"]
         with self.store.transaction():
@@ -474,21 +473,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def metrics_csv(train_log: list[dict], eval_log: list[dict]) -> bytes:
-    """OpenAI's result file: one row per logged step; validation columns where an eval ran; a DPO
-    run adds its reward and log-prob columns, train_* and valid_*."""
-    evals = {r["step"]: r for r in eval_log if "val_loss" in r}
-    dpo = [k for k in PREFERENCE if train_log and k in train_log[0]]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS + tuple(f"train_{k}" for k in dpo) + tuple(f"valid_{k}" for k in dpo))
-    for r in train_log:
-        e = evals.get(r["step"], {})
-        w.writerow([r["step"], r["loss"], "", e.get("val_loss", ""), e.get("val_accuracy", "")]
-                   + [r.get(k, "") for k in dpo] + [e.get(f"val_{k}", "") for k in dpo])
-    return buf.getvalue().encode()
-
-
 # An absolute (or ~) path, not a URL's and not a fraction's "1/12": what scrub() takes out.
 _PATH = re.compile(r"(?<![\w.:/~])[~/][^\s'\"`,;()\[\]{}<>]*")
 
@@ -504,14 +488,6 @@ def _words(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return scrub(str(exc)) or type(exc).__name__
-
-
-def _preference_words(r: dict, prefix: str = "") -> str:
-    """DPO's two headline numbers for an event's message ('' for a supervised run)."""
-    if f"{prefix}rewards_margin" not in r:
-        return ""
-    return (f", reward margin={r[f'{prefix}rewards_margin']:.4f}, "
-            f"preference accuracy={r[f'{prefix}rewards_accuracy']:.3f}")
 
 
 def _failure(log_path: Path, rc: int, names: dict[str, str]) -> tuple[str, str]:

@@ -39,12 +39,15 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(out_dir: Path, *, model, tokenizer, optimizer, scheduler, meta: dict, keep: int,
-         rank_rngs: list | None = None, scaler=None, optimizer_state: dict | None = None) -> Path:
+         rank_rngs: list | None = None, scaler=None, optimizer_state: dict | None = None,
+         objective_states: list | None = None) -> Path:
     """Write checkpoint-{step:06d} atomically, then drop all but the newest `keep`. Under torchrun
     rank 0 writes it, with every rank's RNG states (`rank_rngs`, in rank order). `scaler`: fp16's
     GradScaler, whose scale and growth count decide which later steps are skipped.
     `optimizer_state`: under FSDP, the full optimizer state gathered from the shards (keyed by
-    parameter names, so a resume reshards it) instead of `optimizer.state_dict()`."""
+    parameter names, so a resume reshards it) instead of `optimizer.state_dict()`.
+    `objective_states`: each rank's objective state (GRPO's replies still to be trained on), in
+    rank order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{PREFIX}{meta['step']:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir))
@@ -55,7 +58,8 @@ def save(out_dir: Path, *, model, tokenizer, optimizer, scheduler, meta: dict, k
         torch.save({"optimizer": optimizer_state if by_name else optimizer.state_dict(), "optimizer_by_name": by_name,
                     "scheduler": scheduler.state_dict(),
                     "rng": rng_state(), "rank_rngs": rank_rngs,
-                    "scaler": None if scaler is None else scaler.state_dict()}, tmp / "state.pt")
+                    "scaler": None if scaler is None else scaler.state_dict(),
+                    "objective": objective_states}, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if target.exists():  # a re-save of the same step (e.g. the final one after an interrupt)
             shutil.rmtree(target)
@@ -99,3 +103,9 @@ def load_state(ckpt: Path, optimizer, scheduler, *, rank: int = 0, scaler=None, 
     set_rng_state(state["rank_rngs"][rank] if state.get("rank_rngs") else state["rng"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+
+
+def objective_state(ckpt: Path, rank: int = 0):
+    """This rank's objective state saved in `ckpt` (None when it kept none)."""
+    states = torch.load(ckpt / "state.pt", weights_only=False).get("objective")
+    return states[rank] if states and rank < len(states) else None

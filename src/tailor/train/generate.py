@@ -1,4 +1,5 @@
-"""Greedy answers for evaluation samples and the demo: the chat template, a KV cache, stop ids.
+"""Answers from the model being trained: greedy ones for evaluation samples and the demo, and
+GRPO's sampled replies (`LiveBackend`, `sample_replies`): the chat template, a KV cache, stop ids.
 
 A Llama-family model (plain, or with one plain PEFT LoRA adapter) answers through the engine's
 own forward (tailor.infer.llama, the layer training runs too), in the compute dtype, so the
@@ -8,6 +9,7 @@ forward, as before."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 import torch
 
@@ -117,3 +119,118 @@ def _hf_steps(model, device):
                     logits_to_keep=1)
         return out.logits[0, -1]
     return step
+
+
+# ---- GRPO's rollouts: tailor's engine over the policy's live weights --------------------------------
+
+
+class LiveBackend:
+    """The engine's backend over the model being trained, built once and kept in step with it by
+    `sync()` before each rollout. LoRA: the engine's forward shares the frozen base's weights (no
+    copy where the dtypes agree), and `sync` registers the adapter's current A and B x scale (a
+    few MB) as adapter 1, applied live per row. Full fine-tuning: `sync` re-reads the weights that
+    the forward holds as fused copies. A model the engine's forward does not cover decodes
+    through its own HF forward (infer.hf_backend), adapters and all."""
+
+    def __init__(self, model, max_len: int, dtype=None):
+        self.model, self.max_len, self.dtype = model, max_len, dtype
+        found = engine_forward(model, max_len, dtype)
+        self.lora = found is not None and found[1] != 0
+        self.full = found is not None and not self.lora
+        if found is None:
+            from tailor.infer.hf_backend import HFForward
+
+            self.backend, self.adapter = HFForward(model, max_len), 0
+        else:
+            self.backend, self.adapter = found
+
+    def sync(self) -> None:
+        """The engine's weights := the policy's, as they are now."""
+        if self.lora:
+            self.backend.add_lora(self.adapter, _lora_pairs(self.model))
+        elif self.full:
+            self.backend = engine_forward(self.model, self.max_len, self.dtype)[0]
+
+
+class _SharedPrompts:
+    """The engine's backend for one rollout batch, prefilling each distinct prompt once: GRPO
+    asks for --num-generations replies to every prompt, and a prompt's keys and values are the
+    same for all of them, so the later replies' cache rows are copied from the first's (a few
+    MB) instead of computed again. Valid for one batch whose every reply has a slot of its own
+    (sample_replies' engine), so no slot is overwritten while another copies from it."""
+
+    def __init__(self, backend):
+        self.backend, self.max_len, self.device = backend, backend.max_len, backend.device
+        self.seen: dict[tuple, tuple[int, int, torch.Tensor]] = {}
+
+    def prefill(self, slot: int, ids: list[int], adapter: int = 0, all_logits: bool = False):
+        key = (tuple(ids), adapter)
+        if all_logits or key not in self.seen:
+            logits = self.backend.prefill(slot, ids, adapter, all_logits)
+            if not all_logits:
+                self.seen[key] = (slot, len(ids), logits)
+            return logits
+        src, n, logits = self.seen[key]
+        cache = self.backend.cache
+        with torch.inference_mode():  # the cache's tensors are the engine's inference tensors
+            cache.reserve(slot + 1, n)
+            for kv in cache.kv:
+                kv[:, slot, :, :n] = kv[:, src, :, :n]
+            return logits.clone()
+
+    def decode(self, *args, **kw):
+        return self.backend.decode(*args, **kw)
+
+    def release(self, slot: int) -> None:
+        self.backend.release(slot)
+
+
+@dataclass
+class Reply:
+    tokens: list[int] = field(default_factory=list)  # sampled ids, the stop token last when one ended the reply
+    finish_reason: str | None = None  # stop | length
+
+
+@torch.no_grad()
+def sample_replies(live: LiveBackend, prompts: list[list[int]], params: list, on_done=None) -> list[Reply]:
+    """One reply per prompt (each with its SamplingParams: seed, temperature, stops, grammar),
+    all in one engine batch: continuous batching decodes every unfinished reply at each step.
+    `on_done(i, reply)` is called the moment reply i ends (GRPO grades it then)."""
+    from tailor.errors import TailorError
+    from tailor.infer.engine import Engine, Request
+
+    cache = getattr(live.backend, "cache", None)
+    backend = live.backend if cache is None else _SharedPrompts(live.backend)
+    engine = Engine(backend, max_batch=max(1, len(prompts)))  # a slot for every reply: all decode together
+    if cache is not None:  # one allocation for the whole batch, not one per admitted reply
+        longest = max(map(len, prompts), default=1) + max((p.max_new_tokens for p in params), default=0)
+        with torch.inference_mode():
+            cache.reserve(len(prompts), min(live.max_len, longest))
+    replies = [Reply() for _ in prompts]
+    failed = []
+
+    def listen(i):
+        def on_event(event):
+            reply = replies[i]
+            if event.token is not None:
+                reply.tokens.append(event.token)
+            if event.finish_reason:
+                reply.finish_reason = event.finish_reason
+                if event.finish_reason not in ("stop", "length"):
+                    failed.append(event.error or event.finish_reason)
+                elif on_done is not None:
+                    on_done(i, reply)
+        return on_event
+
+    was = live.model.training
+    live.model.eval()
+    try:
+        for i, (ids, p) in enumerate(zip(prompts, params)):
+            engine.submit(Request(list(ids), p, live.adapter, on_event=listen(i)))
+        while engine.step():
+            pass
+    finally:
+        live.model.train(was)
+    if failed:
+        raise TailorError(f"sampling a reply failed: {failed[0]}")
+    return replies

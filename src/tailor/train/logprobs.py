@@ -92,6 +92,20 @@ def token_logps(body, head: Head, batch, compute_dtype) -> torch.Tensor:
                            head.transform)
 
 
+def tempered(head: Head, temperature: float) -> Head:
+    """The head whose log-probs are those of the logits / temperature: what a reply sampled at
+    that temperature was drawn from (GRPO's policy, as TRL computes it). A soft-capped head
+    divides after its cap, which LogitTransform does not express: refused unless temperature 1."""
+    import dataclasses
+
+    if temperature == 1.0:
+        return head
+    t = head.transform
+    if t.softcap is not None:
+        raise ValueError(f"this model soft-caps its logits; GRPO samples it at temperature 1 only (got {temperature})")
+    return dataclasses.replace(head, transform=t._replace(scale=t.scale / temperature))
+
+
 def sequence_sums(values: torch.Tensor, batch, n: int) -> torch.Tensor:
     """Per-sequence sums of per-target `values` [N] -> [n] (sequence k: the k-th collated example)."""
     seq = batch.target_seq.to(values.device)

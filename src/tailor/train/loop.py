@@ -2,9 +2,10 @@
 
 the objective's micro-batch: forward (model body) -> its loss -> backward, for each micro-batch
 of the step -> clip -> optimizer step -> lr schedule -> log -> eval -> save.
-What differs between objectives (supervised, DPO) is the objective's (train/objectives): it
-builds the step's micro-batches and their loss, already divided by the WHOLE step's
-denominators (SFT: its trained tokens; DPO: its pairs), so grad-accum 4 x batch 1 gives the very
+What differs between objectives (supervised, DPO, GRPO) is the objective's (train/objectives): it
+builds the step's micro-batches (GRPO: samples and grades them first) and their loss, already
+divided by the WHOLE step's denominators (SFT: its trained tokens; DPO: its pairs; GRPO: its reply
+tokens or replies), so grad-accum 4 x batch 1 gives the very
 gradient of batch 4. Under torchrun each rank trains its share of the step's micro-batches and
 the gradients are summed across ranks, so N ranks give the gradient of one process with the
 same global batch (see train/distributed.py).

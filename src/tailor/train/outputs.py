@@ -56,26 +56,34 @@ def save_config(out: Path, cfg_dict: dict, *, note: str = "") -> None:
 
 def plot_losses(out: Path, train: list[dict], evals: list[dict]) -> Path | None:
     """loss.png: the train loss per step and the validation loss at each evaluation; for DPO a
-    second panel with the reward margin and the preference accuracy (train and validation)."""
+    second panel with the reward margin and the preference accuracy (train and validation); for
+    GRPO the reward curve on top (train and validation) over the loss."""
     if not train:
         return None
     # a Figure, not pyplot: one PNG needs no backend registry or GUI state (~0.2 s less import)
     from matplotlib.figure import Figure
 
-    preference = "rewards_margin" in train[0]
-    fig = Figure(figsize=(7, 6.5 if preference else 4), dpi=100)
-    axes = fig.subplots(2 if preference else 1, 1, sharex=True, squeeze=False)[:, 0]
+    preference, reward = "rewards_margin" in train[0], "reward_mean" in train[0]
+    fig = Figure(figsize=(7, 6.5 if preference or reward else 4), dpi=100)
+    axes = fig.subplots(2 if preference or reward else 1, 1, sharex=True, squeeze=False)[:, 0]
+    if reward:  # the reward curve on top: for GRPO the loss says little (0 on average at each step)
+        _reward_panel(axes[0], train, evals)
+        axes = axes[::-1]
     ax = axes[0]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", linewidth=1)
-    if evals:
-        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
-    ax.set_ylabel("DPO loss (mean over pairs)" if preference else "loss (mean over trained tokens)")
+    evals_loss = [r for r in evals if "val_loss" in r]
+    if evals_loss:
+        ax.plot([r["step"] for r in evals_loss], [r["val_loss"] for r in evals_loss], "o-", label="validation")
+    ax.set_ylabel("DPO loss (mean over pairs)" if preference else "GRPO loss" if reward
+                  else "loss (mean over trained tokens)")
     if preference:
         _preference_panel(axes[1], train, evals)
+    axes = axes[::-1] if reward else axes
     axes[-1].set_xlabel("optimizer step")
     for a in axes:
         a.grid(alpha=0.3)
-        a.legend(fontsize="small")
+        if not (reward and a is axes[0]):  # the reward panel has its own legend, over both of its axes
+            a.legend(fontsize="small")
     fig.tight_layout()
     path = out / "loss.png"
     fig.savefig(path)
@@ -99,6 +107,27 @@ def _preference_panel(ax, train: list[dict], evals: list[dict]) -> None:
     acc.set_ylabel("preference accuracy")
     acc.set_ylim(-0.05, 1.05)
     acc.legend(loc="lower right", fontsize="small")
+
+
+def _reward_panel(ax, train: list[dict], evals: list[dict]) -> None:
+    """GRPO: the mean reward of each step's replies (a band of one standard deviation), the
+    validation mean reward at each evaluation, and the mean reply length (right axis)."""
+    steps = [r["step"] for r in train]
+    mean = [r["reward_mean"] for r in train]
+    ax.plot(steps, mean, color="C0", linewidth=1, label="mean reward (train)")
+    ax.fill_between(steps, [m - r["reward_std"] for m, r in zip(mean, train)],
+                    [m + r["reward_std"] for m, r in zip(mean, train)], color="C0", alpha=0.15)
+    evals = [r for r in evals if "val_reward_mean" in r]
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["val_reward_mean"] for r in evals], "o-", color="C1",
+                label="mean reward (validation)")
+    ax.set_ylabel("reward")
+    length = ax.twinx()
+    length.plot(steps, [r["completion_length"] for r in train], color="C2", linewidth=1, alpha=0.5,
+                label="mean reply length (train, right axis)")
+    length.set_ylabel("mean reply length (tokens)")
+    handles = ax.get_legend_handles_labels()[0] + length.get_legend_handles_labels()[0]
+    length.legend(handles=handles, fontsize="small", loc="best")  # the twin is drawn last: on top
 
 
 def write_final(out: Path, model, tokenizer, *, stop_ids: list[int], card: str, method: str,
@@ -145,7 +174,8 @@ def _link_weights(src: Path, dst: Path) -> None:
                 shutil.copy2(f, dst / f.name)
 
 
-_OBJECTIVES = {"sft": "supervised fine-tuning (sft)", "dpo": "preference tuning (dpo: Direct Preference Optimization)"}
+_OBJECTIVES = {"sft": "supervised fine-tuning (sft)", "dpo": "preference tuning (dpo: Direct Preference Optimization)",
+               "grpo": "reinforcement fine-tuning (grpo: Group Relative Policy Optimization against a grader)"}
 
 
 def model_card(*, cfg: dict, base, data_stats: dict, final: dict, method: str) -> str:
@@ -156,6 +186,9 @@ def model_card(*, cfg: dict, base, data_stats: dict, final: dict, method: str) -
              "grad_accum", "max_length", "batching", "weight_decay", "max_grad_norm", "seed", "dtype"]
     if cfg.get("objective") == "dpo":
         hyper += ["beta", "dpo_loss", "rpo_alpha", "dpo_reference"]
+    if cfg.get("objective") == "grpo":
+        hyper += ["num_generations", "max_completion_tokens", "temperature", "top_p", "beta", "grpo_loss", "epsilon",
+                  "epsilon_high", "num_iterations", "scale_rewards", "grader", "reward"]
     if method == "lora":
         hyper += ["lora_r", "lora_alpha", "lora_dropout", "lora_targets", "dora", "rslora", "qlora"]
     lines = [

@@ -25,6 +25,8 @@ class Progress:
             self.bar.n = record["step"]
             extra = ({"margin": f"{record['rewards_margin']:.3f}", "acc": f"{record['rewards_accuracy']:.2f}"}
                      if "rewards_margin" in record else {})
+            if "reward_mean" in record:
+                extra = {"reward": f"{record['reward_mean']:.3f}", "len": f"{record['completion_length']:.0f}"}
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", **extra, tok_s=f"{record['tokens_per_s']:.0f}",
                                  refresh=False)
             self.bar.refresh()
@@ -33,7 +35,7 @@ class Progress:
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / max(done, 1) * (self.total - record["step"])
         self.say(f"step {record['step']}/{self.total}  epoch {record['epoch']:.2f}  loss {record['loss']:.4f}  "
-                 + _preference(record) + f"lr {record['lr']:.2e}  grad_norm {record['grad_norm']:.3f}  "
+                 + _preference(record) + _reward(record) + f"lr {record['lr']:.2e}  grad_norm {record['grad_norm']:.3f}  "
                  f"{record['tokens_per_s']:.0f} tok/s  eta {_fmt(eta)}" + _skipped(record))
 
     def say(self, text: str) -> None:
@@ -54,6 +56,15 @@ def _preference(record: dict) -> str:
     if "rewards_margin" not in record:
         return ""
     return f"margin {record['rewards_margin']:.3f}  accuracy {record['rewards_accuracy']:.2f}  "
+
+
+def _reward(record: dict) -> str:
+    """GRPO: the mean reward of the step's replies (and its spread), their mean length, the KL."""
+    if "reward_mean" not in record:
+        return ""
+    kl = f"kl {record['kl']:.4f}  " if "kl" in record else ""
+    return (f"reward {record['reward_mean']:.3f} (std {record['reward_std']:.3f})  "
+            f"reply {record['completion_length']:.1f} tok  {kl}")
 
 
 def _skipped(record: dict) -> str:

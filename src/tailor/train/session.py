@@ -58,6 +58,9 @@ RESUME_SAFE = (
     "device", "dtype", "gradient_checkpointing", "compile", "fused",
     # DPO's reference: the same values, cached or recomputed each step (up to rounding).
     "dpo_reference",
+    # GRPO: how many validation replies are sampled (reporting), and where a score_model grader's
+    # model answers (the same grader, asked through another server).
+    "eval_generations", "judge_url",
     # How the processes are launched and share the work: the number of processes that matters is
     # the world size the checkpoint records, which check_resume compares on its own.
     "nproc", "parallel",
@@ -71,6 +74,9 @@ RESUME_REFUSES = (
     "val", "val_split", "val_max", "truncate", "chat_template",
     # What is learned: the objective and its loss.
     "objective", "beta", "dpo_loss", "rpo_alpha",
+    # GRPO: the reward, and how replies are sampled and weighed (the sampled replies themselves).
+    "grader", "reward", "response_format", "num_generations", "max_completion_tokens", "temperature", "top_p",
+    "grpo_loss", "epsilon", "epsilon_high", "num_iterations", "scale_rewards",
     # The model being trained.
     "model", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "dora", "rslora", "qlora",
     # The optimizer and schedule: AdamW's saved state brings back lr and weight_decay over any new
@@ -204,6 +210,8 @@ class Session:
         checkpoint.load_state(ckpt, self.optimizer, self.scheduler, rank=self.rank, scaler=self.precision.scaler,
                               model=self.model)
         self.position = Position(**meta["position"])
+        if hasattr(self.objective, "restore"):
+            self.objective.restore(checkpoint.objective_state(ckpt, self.rank), self.plan)
         self._open_logs(rewind_to=self.position.step)
         self.last_val, self.last_saved, self.last_eval = meta.get("val", {}), self.position.step, -1
         self._say(f"resumed from {ckpt} at step {self.position.step} (epoch {self.position.epoch}, "
@@ -228,8 +236,10 @@ class Session:
     def _plan(self, epoch: int):
         c = self.cfg
         # the global plan: each step has every rank's micro-batches (dealt by distributed.share)
-        return plan_epoch(self.data.lengths, epoch, seed=c.seed, batch_size=c.batch_size, batch_tokens=c.batch_tokens,
-                          grad_accum=c.grad_accum * self.world, batching=c.batching, max_length=c.max_length)
+        steps = plan_epoch(self.data.lengths, epoch, seed=c.seed, batch_size=c.batch_size, batch_tokens=c.batch_tokens,
+                           grad_accum=c.grad_accum * self.world, batching=c.batching, max_length=c.max_length)
+        repeat = getattr(self.objective, "repeat", 1)  # GRPO: each step's replies trained on this many times
+        return [s for s in steps for _ in range(repeat)] if repeat > 1 else steps
 
     # ---- side effects the loop calls -------------------------------------------------------
 
@@ -252,29 +262,32 @@ class Session:
         if not self.data.val:
             return {}
         val = self.objective.validate(model)
-        samples = sample_answers(model, self.tokenizer, self.data.samples, self.precision,
-                                 self.cfg.sample_max_tokens) if self.data.samples else []
+        samples = val.pop("samples", None) or (sample_answers(model, self.tokenizer, self.data.samples, self.precision,
+                                                              self.cfg.sample_max_tokens) if self.data.samples else [])
         self.last_val, self.last_samples = val, samples
         self.evals.write({"step": self.position.step, **val, "samples": samples})
         shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
         self.progress.say(f"eval step {self.position.step}: {shown}")
         for smp in samples:
+            reward = f"  (reward {smp['reward']:.3f})" if "reward" in smp else ""
             self.progress.say(f"  prompt:    {_one_line(smp['prompt'])}\n  reference: {_one_line(smp['reference'])}\n"
-                              f"  model:     {_one_line(smp['answer'])}")
+                              f"  model:     {_one_line(smp['answer'])}{reward}")
         return val
 
     def save_checkpoint(self) -> Path:
         """Every rank calls it (RNG states are gathered); rank 0 writes; the others wait."""
         rank_rngs = distributed.gather(checkpoint.rng_state())
+        state = self.objective.state() if hasattr(self.objective, "state") else None
+        states = distributed.gather(state) or ([state] if state is not None else None)
         path = self.out / f"{checkpoint.PREFIX}{self.position.step:06d}"
         with distributed.whole(self.model, self.optimizer) as (model, optim):  # every rank gathers under FSDP
             if self.is_main:
-                self._write_checkpoint(rank_rngs, model, optim)
+                self._write_checkpoint(rank_rngs, model, optim, states)
         distributed.barrier()
         self.last_saved = self.position.step
         return path
 
-    def _write_checkpoint(self, rank_rngs, model, optimizer_state) -> None:
+    def _write_checkpoint(self, rank_rngs, model, optimizer_state, objective_states=None) -> None:
         meta = {"step": self.position.step, "epoch": self.position.epoch + self.position.index / max(1, len(self.plan(self.position.epoch))),
                 "position": dataclasses.asdict(self.position), "tokens_seen": self.position.tokens_seen,
                 "config": to_dict(self.cfg), "data_fingerprint": self.data.fingerprint, "val": self.last_val,
@@ -283,7 +296,7 @@ class Session:
         checkpoint.save(self.out, model=model, tokenizer=self.tokenizer, optimizer=self.optimizer,
                         optimizer_state=optimizer_state,
                         scheduler=self.scheduler, meta=meta, keep=self.cfg.keep_checkpoints, rank_rngs=rank_rngs,
-                        scaler=self.precision.scaler)
+                        scaler=self.precision.scaler, objective_states=objective_states)
 
     def interrupted(self, signum: int | None = None) -> TrainResult:
         if self.last_saved != self.position.step:
@@ -332,7 +345,10 @@ class Session:
         stats = {"optimizer steps": self.position.step, "tokens seen": self.position.tokens_seen}
         if log:
             stats["final train loss"] = f"{log[-1]['loss']:.4f}"
+        if log and "reward_mean" in log[-1]:
+            stats["final train mean reward"] = f"{log[-1]['reward_mean']:.4f}"
         names = {"val_loss": "final validation loss", "val_accuracy": "final validation token accuracy",
+                 "val_reward_mean": "final validation mean reward",
                  "val_rewards_accuracy": "final validation preference accuracy",
                  "val_rewards_margin": "final validation reward margin"}
         for key, name in names.items():
@@ -349,6 +365,8 @@ class Session:
                            samples=getattr(self, "last_samples", []))
 
     def close(self) -> None:
+        if hasattr(getattr(self, "objective", None), "close"):
+            self.objective.close()  # GRPO: its grading threads
         if hasattr(self, "trackers"):
             self.trackers.finish(None)  # an interrupted or failed run; after finish() a no-op
         if hasattr(self, "progress"):

@@ -31,7 +31,8 @@ class Data:
     @property
     def items_called(self) -> str:
         """What a training item is, in words (the log and the model card say it)."""
-        return {"preference": "preference pairs", "text": "raw-text rows"}.get(self.prepared.kind, "examples")
+        return {"preference": "preference pairs", "text": "raw-text rows", "prompt": "prompts"}.get(
+            self.prepared.kind, "examples")
 
 
 @dataclass
@@ -109,6 +110,8 @@ def load_data(cfg, tokenizer) -> Data:
             raise TailorError(f"--{name} {path}: no such file.")
         if path:
             check_kind(cfg.objective, path, name)
+    if cfg.objective == "grpo":
+        return load_prompts(cfg, tokenizer)
     kw = dict(max_length=cfg.max_length, truncate=cfg.truncate, chat_template=cfg.chat_template)
     prepared = prepare(cfg.data, tokenizer, **kw)
     examples = [prepared.examples[i] for i in range(len(prepared.examples))]
@@ -128,9 +131,56 @@ def load_data(cfg, tokenizer) -> Data:
                 prepared=prepared, fingerprint=file_hash(cfg.data))
 
 
+@dataclass
+class Prompts:
+    """What Data.prepared says of GRPO's prompts (rendered in load_prompts, not cached)."""
+
+    warnings: list[str]
+    stop_token_ids: list[int]
+    kind: str = "prompt"
+
+
+def load_prompts(cfg, tokenizer) -> Data:
+    """GRPO's prompts (OpenAI's RFT lines), checked against the grader's {{item.*}} and rendered
+    with the chat template; the validation prompts from --val or a held-out split."""
+    import json
+
+    from tailor.data import DataError, formats, prompts
+    from tailor.data.templates import ensure_chat_template, stop_token_ids
+
+    note = ensure_chat_template(tokenizer, cfg.chat_template)
+    grader = json.loads(cfg.grader) if cfg.grader else None
+    room = cfg.max_length - cfg.max_completion_tokens
+
+    def read(path):
+        parsed = formats.read(path, fmt="rft")
+        if grader is not None:
+            prompts.check_grader(grader, parsed.prompts, parsed.problems)
+        if parsed.problems.error_count:
+            raise DataError(parsed.problems.report())
+        rendered, notes = prompts.render(parsed.prompts, tokenizer, room)
+        if not rendered:
+            raise TailorError(f"{path}: no prompt is left to answer. " + " ".join(notes))
+        return rendered, [p.text() for p in parsed.problems.warnings] + notes
+
+    train, warnings = read(cfg.data)
+    if cfg.val:
+        val, val_warnings = read(cfg.val)
+        warnings += [f"{cfg.val}: {w}" for w in val_warnings]
+        source = f"{cfg.val} ({len(val)} prompts)"
+    else:
+        train, val = split(train, cfg.val_split, cfg.val_max, cfg.seed)
+        source = (f"held out {len(val)} of {len(train) + len(val)} prompts of {cfg.data} (--val-split "
+                  f"{cfg.val_split})" if val else "none (no --val, and --val-split 0 or too few prompts)")
+    return Data(train=train, val=val, val_source=source, samples=[],
+                prepared=Prompts([note] * bool(note) + warnings, stop_token_ids(tokenizer)),
+                fingerprint=file_hash(cfg.data))
+
+
 # What each objective trains on, and a file of the other kind is refused naming the right flag.
 _KIND_WORDS = {"chat": "supervised chat data", "text": "raw text ({\"text\": ...} lines)",
-               "preference": "preference pairs (chosen and rejected replies)"}
+               "preference": "preference pairs (chosen and rejected replies)",
+               "prompt": "prompts to answer (messages ending with a user turn: OpenAI's RFT lines)"}
 
 
 def check_kind(objective: str, path: str, flag: str) -> None:
@@ -143,9 +193,13 @@ def check_kind(objective: str, path: str, flag: str) -> None:
         raise TailorError(f"--{flag} {path} holds {_KIND_WORDS[kind]}, and --objective dpo trains on preference "
                           "pairs (OpenAI's input/preferred_output/non_preferred_output, or prompt/chosen/rejected). "
                           "Train this file with --objective sft, or give a preference file.")
-    if objective == "sft" and kind == "preference":
-        raise TailorError(f"--{flag} {path} holds {_KIND_WORDS[kind]}: train it with --objective dpo "
+    if objective == "sft" and kind in ("preference", "prompt"):
+        right = "dpo" if kind == "preference" else "grpo (reinforcement fine-tuning with a --grader)"
+        raise TailorError(f"--{flag} {path} holds {_KIND_WORDS[kind]}: train it with --objective {right} "
                           "(--objective sft learns from conversations or raw text).")
+    if objective == "grpo" and kind not in ("prompt", "chat"):
+        raise TailorError(f"--{flag} {path} holds {_KIND_WORDS[kind]}, and --objective grpo answers prompts "
+                          "(OpenAI's RFT lines: {\"messages\": [... a user turn last], \"answer\": ...}).")
 
 
 def split(examples: list, fraction: float, cap: int, seed: int) -> tuple[list, list]:

@@ -295,6 +295,7 @@ function openJob(id) {
   $("job-facts").replaceChildren();
   drawCurve("curve", [], [], "No loss yet: points appear as the job trains.");
   $("preference").hidden = true;
+  $("reinforcement").hidden = true;
   say("job-page-msg", "Loading…", "busy");
   pollJob(id);
 }
@@ -321,7 +322,7 @@ function renderJob(job, events, ckpts) {
   $("job-cancel").disabled = !["queued", "running", "paused", "validating_files"].includes(job.status);
   $("job-pause").disabled = !["queued", "running"].includes(job.status);
   $("job-resume").disabled = job.status !== "paused";
-  const train = [], valid = [], pref = { margin: [[], []], accuracy: [[], []] };
+  const train = [], valid = [], pref = { margin: [[], []], accuracy: [[], []] }, reward = [[], []];
   let total = null;
   for (const e of events) {
     if (e.type !== "metrics" || !e.data) continue;
@@ -332,6 +333,8 @@ function renderJob(job, events, ckpts) {
       if (e.data["train_" + name] != null) pref[key][0].push([e.data.step, e.data["train_" + name]]);
       if (e.data["valid_" + name] != null) pref[key][1].push([e.data.step, e.data["valid_" + name]]);
     }
+    if (e.data.train_reward_mean != null) reward[0].push([e.data.step, e.data.train_reward_mean]);  // RFT jobs
+    if (e.data.valid_reward_mean != null) reward[1].push([e.data.step, e.data.valid_reward_mean]);
   }
   drawCurve("curve", train, valid, "No loss yet: points appear as the job trains.");
   const dpo = job.method && job.method.type === "dpo";
@@ -340,6 +343,9 @@ function renderJob(job, events, ckpts) {
     drawCurve("margin-curve", ...pref.margin, "No reward margin yet.", { floor: false });
     drawCurve("accuracy-curve", ...pref.accuracy, "No preference accuracy yet.", { range: [0, 1] });
   }
+  const rft = job.method && job.method.type === "reinforcement";
+  $("reinforcement").hidden = !rft;
+  if (rft) drawCurve("reward-curve", ...reward, "No reward yet: points appear as the job samples replies.", { floor: false });
   const started = events.filter((e) => e.message === "Fine-tuning job started").map((e) => e.created_at)[0];
   const end = job.finished_at || Date.now() / 1000;
   const elapsed = started ? end - started : null;
@@ -353,7 +359,9 @@ function renderJob(job, events, ckpts) {
     ["Tokens/s", job.trained_tokens && elapsed > 0 ? (job.trained_tokens / elapsed).toFixed(1) : "—"],
     ["ETA", FINAL.includes(job.status) ? "done" : eta != null ? span(eta) : total ? "after the first steps" : "unknown (set tailor max_steps for one)"], ["Created", when(job.created_at)],
     ["Duration", span(end - job.created_at)], ["Epochs / batch / lr×", [job.hyperparameters.n_epochs, job.hyperparameters.batch_size, job.hyperparameters.learning_rate_multiplier].join(" / ")],
-    ["Method", job.method ? job.method.type + (job.method.type === "dpo" ? " (beta " + job.method.dpo.hyperparameters.beta + ")" : "") : null],
+    ["Method", job.method ? job.method.type + (job.method.type === "dpo" ? " (beta " + job.method.dpo.hyperparameters.beta + ")" : "")
+      + (rft ? " (grader " + job.method.reinforcement.grader.type + ")" : "") : null],
+    ["Last mean reward", rft && reward[0].length ? reward[0][reward[0].length - 1][1].toFixed(4) : null],
     ["Error", job.error ? job.error.message : null]]);
   $("events").replaceChildren(...events.map((e) => el("li", { class: e.level }, new Date(e.created_at * 1000).toLocaleTimeString() + "  " + e.message)));
   $("events").scrollTop = $("events").scrollHeight;

@@ -1,5 +1,5 @@
-"""Training objectives: what differs between supervised fine-tuning and preference tuning (DPO),
-as small plug-ins to the one loop (train/loop.py `_steps`), never trainer classes. Everything
+"""Training objectives: what differs between supervised fine-tuning, preference tuning (DPO) and
+reinforcement fine-tuning (GRPO), as small plug-ins to the one loop (train/loop.py `_steps`), never trainer classes. Everything
 else (accumulation, clipping, scheduling, logging, checkpoints, resume, distribution) is the
 loop's, written and tested once.
 
@@ -23,6 +23,9 @@ For each optimizer step of the batch plan, the loop asks its objective for:
                                        the evaluation on the validation data (val_loss, ...)
 
 and `objective.lengths`: the tokens of each training item, which the batch plan balances.
+An objective may also have `repeat` (the plan takes each step that many times: GRPO's
+--num-iterations), `state()` / `restore(state, plan)` (what a checkpoint keeps beyond the
+position: GRPO's replies reused by later steps) and `close()`.
 """
 
 from __future__ import annotations
@@ -59,11 +62,15 @@ class Objective(Protocol):
 def make(session, *, resumed: bool) -> Objective:
     """The objective the session's config names, over its data. DPO's reference log-probs are
     made here (cached: computed once, before any step), so this runs before FSDP shards the
-    model."""
+    model; GRPO's engine is built at its first rollout."""
     if session.cfg.objective == "dpo":
         from tailor.train.objectives.dpo import DPO
 
         return DPO(session, resumed=resumed)
+    if session.cfg.objective == "grpo":
+        from tailor.train.objectives.grpo import GRPO
+
+        return GRPO(session, resumed=resumed)
     from tailor.train.objectives.sft import SFT
 
     return SFT(session)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from tailor.train import distributed
-from tailor.train.logprobs import sequence_sums, token_logps
+from tailor.train.logprobs import sequence_sums, tempered, token_logps
 
 VERSION = 2  # bumped when how the pass computes changes (2: pairs packed in one row)
 
@@ -64,32 +64,55 @@ class Live:
         return self.forward(batch, 2 * len(indices), parts, model)
 
 
-def _policy_forward(policy, precision, *, adapters_off: bool):
+def tokens(session, temperature: float = 1.0):
+    """GRPO's reference: forward(batch, parts, model=None) -> the per-token log-probs of a
+    batch's trained targets under the reference (of its logits / temperature), without
+    gradients. LoRA: the policy with its adapters off (no copy); full fine-tuning: a frozen copy
+    of the base in memory, as TRL keeps."""
+    if session.cfg.method == "lora":
+        return _policy_tokens(session.model, session.precision, adapters_off=True, temperature=temperature)
+    say(session, "reference: a frozen copy of the base model in memory (full fine-tuning with --beta above 0)")
+    return _model_tokens(_load_base(session), session.precision, session.cfg, temperature)
+
+
+def _policy_tokens(policy, precision, *, adapters_off: bool, temperature: float = 1.0):
     """The policy's own forward in eval mode (no dropout), for LoRA with PEFT's adapters off
     (the base), for full fine-tuning as it is (before its first step)."""
-    def forward(batch, n, parts, model=None):
+    def forward(batch, parts, model=None):
         model = model if model is not None else policy
         was = model.training
         model.eval()
         try:
             with (torch.no_grad(), model.disable_adapter() if adapters_off else contextlib.nullcontext(),
                   precision.autocast()):
-                return sequence_sums(token_logps(*parts, batch, precision.compute), batch, n)
+                return token_logps(parts[0], tempered(parts[1], temperature), batch, precision.compute)
         finally:
             model.train(was)
     return forward
 
 
-def _model_forward(ref_model, precision, cfg):
+def _model_tokens(ref_model, precision, cfg, temperature: float = 1.0):
     """A frozen model of its own (the base, for full fine-tuning)."""
     from tailor.train.loss import decoder_parts
 
-    own = decoder_parts(ref_model, fused=cfg.fused)
+    body, head = decoder_parts(ref_model, fused=cfg.fused)
+    head = tempered(head, temperature)
 
-    def forward(batch, n, parts=None, model=None):
+    def forward(batch, parts=None, model=None):
         with torch.no_grad(), precision.autocast():
-            return sequence_sums(token_logps(*own, batch, precision.compute), batch, n)
+            return token_logps(body, head, batch, precision.compute)
     return forward
+
+
+def _policy_forward(policy, precision, *, adapters_off: bool):
+    """DPO's: the sequences' summed log-probs of `_policy_tokens`."""
+    per_token = _policy_tokens(policy, precision, adapters_off=adapters_off)
+    return lambda batch, n, parts, model=None: sequence_sums(per_token(batch, parts, model), batch, n)
+
+
+def _model_forward(ref_model, precision, cfg):
+    per_token = _model_tokens(ref_model, precision, cfg)
+    return lambda batch, n, parts=None, model=None: sequence_sums(per_token(batch), batch, n)
 
 
 def _load_base(session):
