@@ -22,7 +22,6 @@ import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -349,14 +348,11 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16: the CPU runs bf16 matmuls natively (several times fp32's speed)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    from tailor import cpu
+
+    return cpu.has_fast_bf16()
 
 
 def pick_dtype(name: str = "auto", device: str = "cpu"):

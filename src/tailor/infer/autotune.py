@@ -1,0 +1,283 @@
+"""The precision the engine decodes in on this CPU, chosen by measuring it, once per CPU.
+
+Which precision decodes fastest depends on the CPU, not on a flag it has: on an AMD EPYC with
+AVX512-BF16, bf16 weights in oneDNN's layout decode one sequence faster than fp32; on an Intel
+Xeon with AMX, bf16's batch-1 matrix-vector product reads weights at a quarter of fp32's speed
+while its batched matmuls are several times faster. So with `--dtype auto` on a CPU the engine
+times, at first load, one decoder layer and the output head of the model's own shapes (random
+weights) in each candidate plan, at batch 1 and (for an engine that batches) at its batch size,
+and takes:
+
+- the fastest plan at batch 1, so never one slower there than fp32 as measured;
+- for an engine that batches, among the plans as fast at batch 1 (within 3%, the measurement's
+  noise), the fastest at its batch size. `fp32+bf16` keeps both weight copies (fp32 for one sequence, bf16 for several) and
+  is a candidate only while both copies fit in a quarter of the available memory.
+
+The timings are cached in $TAILOR_HOME/autotune/, one file per CPU model and flags, torch
+version, threads, model shapes and batch size; later loads read them (delete the folder to
+measure again). `--dtype float32` or `--dtype bfloat16` skips all this and is what it says.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+VERSION = 1  # bumped when what is measured changes, so older caches are measured again
+CONTEXT = 128  # tokens already in the cache while a decode step is timed (a chat turn)
+BATCH_CAP = 8  # a batching engine is timed at min(max_batch, this) sequences
+ROUNDS, REPS = 5, 6  # rounds alternate between the plans; the best round counts (noise is one-sided)
+NEAR = 1.03  # "as fast at batch 1": within 3% of the fastest
+KEEP = 1.25  # plans timed at the batch size: within this of the fastest at batch 1 (one round's noise)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the engine's forward holds its weights and runs a step (see infer.llama.LlamaForward)."""
+
+    name: str
+    weights: str  # the matmul weights' dtype
+    residual: str  # the residual stream's, the KV cache's and attention's dtype
+    pack: bool = True  # bf16 weights in oneDNN's blocked layout
+    single: str | None = None  # a second weight copy for one-row steps (fp32+bf16)
+    quantize: str | None = None
+
+    @property
+    def load_dtype(self) -> str:
+        """The dtype to load the Hugging Face model in: fp32 when any part runs in fp32."""
+        return "float32" if "float32" in (self.weights, self.residual, self.single) else self.weights
+
+    def forward(self, model, max_len: int):
+        from tailor.infer.llama import LlamaForward
+
+        fw = LlamaForward(model, max_len, getattr(torch, self.weights), residual=getattr(torch, self.residual),
+                          single=getattr(torch, self.single) if self.single else None, pack=self.pack)
+        if self.quantize == "int8":
+            from tailor.infer.quant import quantize_forward
+
+            quantize_forward(fw)
+        fw.plan = self
+        return fw
+
+
+def fixed(dtype: torch.dtype, quantize: str | None = None) -> Plan:
+    """The plan of an explicit --dtype: that dtype throughout, packed as before."""
+    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    return Plan(name, name, name, quantize=quantize)
+
+
+def candidates(quantize: str | None, batched: bool) -> list[Plan]:
+    if quantize == "int8":  # int8 weights either way; what differs is the activations' dtype
+        return [Plan("int8", "bfloat16", "bfloat16", pack=False, quantize="int8"),
+                Plan("int8-fp32", "float32", "float32", pack=False, quantize="int8")]
+    from tailor.infer.llama import _onednn_ok
+
+    plans = [Plan("fp32", "float32", "float32"), Plan("bf16", "bfloat16", "bfloat16")]
+    if _onednn_ok():  # oneDNN's packed layout is one bf16 kernel, torch's own matmul the other
+        plans.append(Plan("bf16-unpacked", "bfloat16", "bfloat16", pack=False))
+    if batched:
+        plans.append(Plan("fp32+bf16", "bfloat16", "float32", single="float32"))
+    return plans
+
+
+@dataclass
+class Choice:
+    plan: Plan
+    estimates: dict  # plan name -> {"1": ms per token, "<batch>": ms per step} for the whole model
+    measured_now: bool
+    path: Path
+    batch: int = 1
+
+    def describe(self) -> str:
+        from tailor import cpu
+
+        est = self.estimates
+        mine = est[self.plan.name]
+        others = ", ".join(f"{n} {e['1']:.1f}" for n, e in est.items() if n != self.plan.name)
+        fp32 = est.get("fp32", {}).get("1")
+        at_batch = str(self.batch)
+        text = (f"decode precision {self.plan.name} on {cpu.name()} ({cpu.kind()}), "
+                f"{'measured now' if self.measured_now else 'measured before'}: {mine['1']:.1f} ms/token at batch 1 "
+                f"(others: {others})" + (f", {mine['1'] / fp32:.2f}x fp32's time" if fp32 else ""))
+        if self.batch > 1 and at_batch in mine:
+            others = ", ".join(f"{n} {e[at_batch]:.1f}" for n, e in est.items() if n != self.plan.name and at_batch in e)
+            text += f"; {mine[at_batch]:.1f} ms/step at batch {self.batch} (others: {others or 'not timed'})"
+        return text + f"; cached in {self.path}"
+
+
+def choose(config, *, max_batch: int, quantize: str | None = None) -> Choice:
+    """The plan for an engine over a model of `config` on this CPU (measured once, then cached)."""
+    batch = max(1, min(max_batch, BATCH_CAP))
+    plans = candidates(quantize, batch > 1)
+    path = _cache_path(config, batch, quantize)
+    times = _read(path, plans)
+    measured_now = times is None
+    if times is None:
+        t = time.perf_counter()
+        times = measure(config, plans, batch)
+        _write(path, {"key": _key(config, batch, quantize), "times": times,
+                      "seconds": round(time.perf_counter() - t, 1)})
+    estimates = {p.name: {b: t["head_ms"] + config.num_hidden_layers * t["layer_ms"] for b, t in times[p.name].items()}
+                 for p in plans}  # a plan dropped while measuring has no estimate at the batch size
+    allowed = [p for p in plans if p.single is None or _both_copies_fit(config)]
+    choice = Choice(decide(allowed, estimates, batch), estimates, measured_now, path, batch)
+    # the first time on a CPU is news (and took seconds); later loads say it at debug level
+    log.log(logging.INFO if measured_now else logging.DEBUG, choice.describe())
+    return choice
+
+
+def decide(plans: list[Plan], estimates: dict, batch: int) -> Plan:
+    """The fastest at batch 1 (never slower than fp32 there); with batch > 1, the fastest at that
+    batch among those within NEAR of the fastest at batch 1 (the measurement's noise: fp32+bf16
+    runs fp32's very kernels for one sequence, yet is timed apart from it)."""
+    best_one = min(estimates[p.name]["1"] for p in plans)  # fp32 is a plan: this is at most fp32's
+    near = [p for p in plans if estimates[p.name]["1"] <= best_one * NEAR]
+    if batch == 1:
+        return min(near, key=lambda p: estimates[p.name]["1"])
+    return min(near, key=lambda p: (estimates[p.name].get(str(batch), float("inf")), estimates[p.name]["1"]))
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+def measure(config, plans: list[Plan], batch: int) -> dict:
+    """plan name -> {"1": {head_ms, layer_ms}, "<batch>": ...}: the output head's time and one
+    decoder layer's decode step (a one-layer model's step without its head: the step's few
+    embedding and bookkeeping ops count as the layer's), alternating between the plans round
+    after round and keeping each one's best round. Batch 1 first; a plan more than twice the best
+    there after one round is dropped, and only plans that may still be chosen (KEEP of the best
+    at batch 1) are timed at `batch`: a bad plan costs one round, not the whole measurement."""
+    model = _one_layer_model(config)
+    forwards = {p.name: p.forward(model, CONTEXT + 2) for p in plans}
+    del model
+    ids = list(range(1, CONTEXT + 1))
+    for fw in forwards.values():
+        for slot in range(batch):
+            fw.prefill(slot, ids)
+    out: dict = {name: {} for name in forwards}
+    live = list(forwards)
+    for b in sorted({1, batch}):
+        best = {name: [float("inf"), float("inf")] for name in live}
+        for r in range(ROUNDS):
+            for name in live:
+                head, layer = _time_step(forwards[name], b, config.hidden_size)
+                best[name] = [min(best[name][0], head), min(best[name][1], layer)]
+            if r == 0 and b == 1:
+                fastest = min(_total(config, t) for t in best.values())
+                live = [n for n in live if _total(config, best[n]) <= 2 * fastest]
+        for name in best:  # a plan dropped after one round keeps that round's figure
+            out[name][str(b)] = {"head_ms": round(best[name][0] * 1e3, 4), "layer_ms": round(best[name][1] * 1e3, 4)}
+        fastest = min(_total(config, best[n]) for n in live)
+        live = [n for n in live if _total(config, best[n]) <= KEEP * fastest]
+    return out
+
+
+def _total(config, head_layer) -> float:
+    return head_layer[0] + config.num_hidden_layers * head_layer[1]
+
+
+def _time_step(fw, b: int, hidden: int) -> tuple[float, float]:
+    """(seconds of the output head, seconds of the layers' decode step) for `b` sequences."""
+    x = torch.randn(b, hidden).to(fw.residual)
+    head = _per_call(lambda: fw._logits(x))
+    fw._logits = _no_head  # the step's layers alone (an instance attribute shadows the method)
+    try:
+        layer = _per_call(lambda: fw.decode(list(range(b)), [1] * b, [CONTEXT] * b))
+    finally:
+        del fw._logits
+    return head, layer
+
+
+def _no_head(x):
+    return x
+
+
+def _per_call(fn) -> float:
+    with torch.inference_mode():
+        fn()
+        t = time.perf_counter()
+        for _ in range(REPS):
+            fn()
+        return (time.perf_counter() - t) / REPS
+
+
+def _one_layer_model(config):
+    """The model's architecture with one decoder layer and random weights (seeded: the same
+    numbers every time, so no run meets denormals another does not)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(config)
+    cfg.num_hidden_layers = 1
+    for attr in ("layer_types", "max_window_layers"):  # per-layer lists must match the one layer
+        if isinstance(getattr(cfg, attr, None), list):
+            setattr(cfg, attr, getattr(cfg, attr)[:1])
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        with torch.no_grad():
+            return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+# -- the cache -------------------------------------------------------------------------------
+
+def _key(config, batch: int, quantize: str | None) -> dict:
+    from tailor import cpu
+
+    shape = {k: getattr(config, k, None) for k in ("model_type", "hidden_size", "intermediate_size",
+                                                   "num_attention_heads", "num_key_value_heads", "head_dim",
+                                                   "vocab_size", "tie_word_embeddings", "attention_bias")}
+    return {"version": VERSION, "cpu": cpu.name(), "flags": sorted(cpu.flags() or ()), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "shape": shape, "batch": batch, "quantize": quantize}
+
+
+def _cache_path(config, batch: int, quantize: str | None) -> Path:
+    from tailor.models import tailor_home
+
+    digest = hashlib.sha256(json.dumps(_key(config, batch, quantize), sort_keys=True).encode()).hexdigest()[:16]
+    return tailor_home() / "autotune" / f"decode-{digest}.json"
+
+
+def _read(path: Path, plans: list[Plan]) -> dict | None:
+    """The cached timings, or None when missing, unreadable or not covering every plan."""
+    try:
+        times = json.loads(path.read_text())["times"]
+        if all("1" in times.get(p.name, {}) for p in plans):
+            return times
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _write(path: Path, record: dict) -> None:
+    """Atomically; a cache that cannot be written only means measuring again next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("could not cache the decode measurement in %s: %s", path, exc)
+
+
+def _both_copies_fit(config) -> bool:
+    """fp32 and bf16 weights (plus oneDNN's packed copy) in at most a quarter of available memory."""
+    from tailor import cpu
+
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    per_layer = h * head_dim * (2 * heads + 2 * kv) + 3 * h * inter
+    params = layers * per_layer + config.vocab_size * h
+    return params * (4 + 2 + 2) <= cpu.available_memory() / 4
+
