@@ -52,7 +52,7 @@ def test_both_copies_decode_one_sequence_exactly_in_fp32(hf):
     prompt and its greedy continuation equal the plain fp32 forward's, token for token."""
     both = _forward(hf, dtype=torch.bfloat16, single=torch.float32)
     plain = _forward(hf)
-    assert both.layers[0].qkv.weight.dtype == torch.bfloat16 and both.cache.kv[0].dtype == torch.float32
+    assert both.layers[0].qkv.dtype == torch.bfloat16 and both.cache.kv[0].dtype == torch.float32
     got_tokens, got = _decode_logits(both, [[77]])
     want_tokens, want = _decode_logits(plain, [[77]])
     assert got_tokens == want_tokens
@@ -71,6 +71,20 @@ def test_both_copies_decode_a_batch_in_bf16_over_an_fp32_residual(hf):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     fp32 = _forward(hf).decode([0, 1], [3, 4], [0, 0])
     assert (both.decode([0, 1], [3, 4], [0, 0]) - fp32).abs().max() > 1e-3  # the bf16 copy ran, not fp32's
+
+
+def test_fp16_weights_over_an_fp32_residual_stay_close_to_fp32(hf):
+    """The fp16 plan (torch's fp16 GEMV, fp32 accumulation; residual, cache and attention fp32):
+    the same greedy tokens as fp32 and logits within fp16's rounding of the matmul inputs; its
+    two-copy form (fp16+bf16) decodes one sequence exactly as the fp16 plan does."""
+    fp16 = _forward(hf, dtype=torch.float16, residual=torch.float32)
+    both = _forward(hf, dtype=torch.bfloat16, residual=torch.float32, single=torch.float16)
+    fed, got = _decode_logits(fp16, [PROMPT])
+    want_fed, want = _decode_logits(_forward(hf), [PROMPT])
+    assert fed == want_fed
+    torch.testing.assert_close(got, want, rtol=0.01, atol=0.01 * float(want.abs().max()))
+    assert _decode_logits(both, [PROMPT[:1]])[0] == _decode_logits(fp16, [PROMPT[:1]])[0]
+    torch.testing.assert_close(both.prefill(0, [77]), fp16.prefill(0, [77]), rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_decode_equals_its_own_prefill(hf):
@@ -164,6 +178,23 @@ def test_choice_is_cached_per_cpu_and_logged(tmp_path, monkeypatch, lively, capl
     monkeypatch.setattr(cpu, "name", lambda: "Another CPU")
     other = autotune.choose(config, max_batch=4)
     assert calls == [4, 4] and other.path != first.path
+
+
+def test_the_measured_model_outgrows_the_cache(monkeypatch, lively):
+    """Enough layers that their weights stream from memory as a real decode step's do."""
+    from types import SimpleNamespace
+
+    from tailor import cpu
+    from tailor.infer import autotune
+
+    monkeypatch.setattr(cpu, "last_level_cache", lambda: 32 << 20)
+    smol = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
+                           head_dim=64, num_hidden_layers=30)
+    layers = autotune._layers_to_measure(smol)  # 3.5M parameters a layer, 7 MB in bf16
+    assert layers * 2 * autotune._layer_params(smol) >= 2 * (32 << 20) and layers == 10
+    big = SimpleNamespace(**{**vars(smol), "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
+                             "num_key_value_heads": 8, "head_dim": 128})
+    assert autotune._layers_to_measure(big) == 1
 
 
 def test_measure_times_every_plan_on_the_real_kernels(monkeypatch, lively):

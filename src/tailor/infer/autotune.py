@@ -1,17 +1,18 @@
 """The precision the engine decodes in on this CPU, chosen by measuring it, once per CPU.
 
 Which precision decodes fastest depends on the CPU, not on a flag it has: on an AMD EPYC with
-AVX512-BF16, bf16 weights in oneDNN's layout decode one sequence faster than fp32; on an Intel
-Xeon with AMX, bf16's batch-1 matrix-vector product reads weights at a quarter of fp32's speed
-while its batched matmuls are several times faster. So with `--dtype auto` on a CPU the engine
-times, at first load, one decoder layer and the output head of the model's own shapes (random
-weights) in each candidate plan, at batch 1 and (for an engine that batches) at its batch size,
-and takes:
+AVX512-BF16, fp16 weights through torch's reduced-precision GEMV stream faster than bf16 in
+oneDNN's layout, which beats fp32 by 2x; on an Intel Xeon with AMX, bf16's batch-1
+matrix-vector product reads weights at a quarter of fp32's speed while its batched matmuls are
+several times faster. So with `--dtype auto` on a CPU the engine times, at first load, decode
+steps of a model with the real shapes (random weights, enough layers to outgrow the cache) in
+each candidate plan, at batch 1 and (for an engine that batches) at its batch size, and takes:
 
 - the fastest plan at batch 1, so never one slower there than fp32 as measured;
 - for an engine that batches, among the plans as fast at batch 1 (within 3%, the measurement's
-  noise), the fastest at its batch size. `fp32+bf16` keeps both weight copies (fp32 for one sequence, bf16 for several) and
-  is a candidate only while both copies fit in a quarter of the available memory.
+  noise), the fastest at its batch size. `fp32+bf16` and `fp16+bf16` keep two weight copies
+  (fp32 or fp16 for one sequence, bf16 for several) and are candidates only while both copies
+  fit in a quarter of the available memory.
 
 The timings are cached in $TAILOR_HOME/autotune/, one file per CPU model and flags, torch
 version, threads, model shapes and batch size; later loads read them (delete the folder to
@@ -48,7 +49,7 @@ class Plan:
     weights: str  # the matmul weights' dtype
     residual: str  # the residual stream's, the KV cache's and attention's dtype
     pack: bool = True  # bf16 weights in oneDNN's blocked layout
-    single: str | None = None  # a second weight copy for one-row steps (fp32+bf16)
+    single: str | None = None  # a second weight copy for one-row steps (fp32+bf16, fp16+bf16)
     quantize: str | None = None
 
     @property
@@ -81,11 +82,15 @@ def candidates(quantize: str | None, batched: bool) -> list[Plan]:
                 Plan("int8-fp32", "float32", "float32", pack=False, quantize="int8")]
     from tailor.infer.llama import _onednn_ok
 
-    plans = [Plan("fp32", "float32", "float32"), Plan("bf16", "bfloat16", "bfloat16")]
+    # fp16 weights run torch's reduced-precision GEMV (fp32 accumulation), which streams weights
+    # faster than bf16's on some CPUs; the residual stays fp32, so only matmul inputs are rounded
+    plans = [Plan("fp32", "float32", "float32"), Plan("bf16", "bfloat16", "bfloat16"),
+             Plan("fp16", "float16", "float32")]
     if _onednn_ok():  # oneDNN's packed layout is one bf16 kernel, torch's own matmul the other
         plans.append(Plan("bf16-unpacked", "bfloat16", "bfloat16", pack=False))
-    if batched:
-        plans.append(Plan("fp32+bf16", "bfloat16", "float32", single="float32"))
+    if batched:  # one sequence in fp32 or fp16, several in bf16: two weight copies
+        plans += [Plan("fp32+bf16", "bfloat16", "float32", single="float32"),
+                  Plan("fp16+bf16", "bfloat16", "float32", single="float16")]
     return plans
 
 
@@ -150,12 +155,14 @@ def decide(plans: list[Plan], estimates: dict, batch: int) -> Plan:
 
 def measure(config, plans: list[Plan], batch: int) -> dict:
     """plan name -> {"1": {head_ms, layer_ms}, "<batch>": ...}: the output head's time and one
-    decoder layer's decode step (a one-layer model's step without its head: the step's few
-    embedding and bookkeeping ops count as the layer's), alternating between the plans round
-    after round and keeping each one's best round. Batch 1 first; a plan more than twice the best
-    there after one round is dropped, and only plans that may still be chosen (KEEP of the best
-    at batch 1) are timed at `batch`: a bad plan costs one round, not the whole measurement."""
-    model = _one_layer_model(config)
+    decoder layer's share of a decode step, alternating between the plans round after round and
+    keeping each one's best round. The model measured has the real shapes and enough layers that
+    their weights outgrow the CPU's last-level cache twice over (a decode step streams its weights
+    from memory; one layer alone would sit in cache and favour other kernels). Batch 1 first; a
+    plan more than twice the best there after one round is dropped, and only plans that may still
+    be chosen (KEEP of the best at batch 1) are timed at `batch`."""
+    layers = _layers_to_measure(config)
+    model = _model(config, layers)
     forwards = {p.name: p.forward(model, CONTEXT + 2) for p in plans}
     del model
     ids = list(range(1, CONTEXT + 1))
@@ -168,8 +175,8 @@ def measure(config, plans: list[Plan], batch: int) -> dict:
         best = {name: [float("inf"), float("inf")] for name in live}
         for r in range(ROUNDS):
             for name in live:
-                head, layer = _time_step(forwards[name], b, config.hidden_size)
-                best[name] = [min(best[name][0], head), min(best[name][1], layer)]
+                head, step = _time_step(forwards[name], b, config.hidden_size)
+                best[name] = [min(best[name][0], head), min(best[name][1], step / layers)]
             if r == 0 and b == 1:
                 fastest = min(_total(config, t) for t in best.values())
                 live = [n for n in live if _total(config, best[n]) <= 2 * fastest]
@@ -180,12 +187,20 @@ def measure(config, plans: list[Plan], batch: int) -> dict:
     return out
 
 
+def _layers_to_measure(config) -> int:
+    """Layers whose bf16 weights fill twice the last-level cache (at least one, at most the model's)."""
+    from tailor import cpu
+
+    per_layer = 2 * _layer_params(config)
+    return max(1, min(config.num_hidden_layers, -(-2 * cpu.last_level_cache() // per_layer)))
+
+
 def _total(config, head_layer) -> float:
     return head_layer[0] + config.num_hidden_layers * head_layer[1]
 
 
 def _time_step(fw, b: int, hidden: int) -> tuple[float, float]:
-    """(seconds of the output head, seconds of the layers' decode step) for `b` sequences."""
+    """(seconds of the output head, seconds of the decode step without it) for `b` sequences."""
     x = torch.randn(b, hidden).to(fw.residual)
     head = _per_call(lambda: fw._logits(x))
     fw._logits = _no_head  # the step's layers alone (an instance attribute shadows the method)
@@ -209,16 +224,16 @@ def _per_call(fn) -> float:
         return (time.perf_counter() - t) / REPS
 
 
-def _one_layer_model(config):
-    """The model's architecture with one decoder layer and random weights (seeded: the same
+def _model(config, layers: int):
+    """The model's architecture with `layers` decoder layers and random weights (seeded: the same
     numbers every time, so no run meets denormals another does not)."""
     from transformers import AutoModelForCausalLM
 
     cfg = copy.deepcopy(config)
-    cfg.num_hidden_layers = 1
-    for attr in ("layer_types", "max_window_layers"):  # per-layer lists must match the one layer
+    cfg.num_hidden_layers = layers
+    for attr in ("layer_types", "max_window_layers"):  # per-layer lists must match the layers kept
         if isinstance(getattr(cfg, attr, None), list):
-            setattr(cfg, attr, getattr(cfg, attr)[:1])
+            setattr(cfg, attr, getattr(cfg, attr)[:layers])
     state = torch.random.get_rng_state()
     torch.manual_seed(0)
     try:
@@ -269,15 +284,18 @@ def _write(path: Path, record: dict) -> None:
         log.warning("could not cache the decode measurement in %s: %s", path, exc)
 
 
-def _both_copies_fit(config) -> bool:
-    """fp32 and bf16 weights (plus oneDNN's packed copy) in at most a quarter of available memory."""
-    from tailor import cpu
-
-    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+def _layer_params(config) -> int:
+    h, inter = config.hidden_size, config.intermediate_size
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or h // heads
     kv = getattr(config, "num_key_value_heads", None) or heads
-    per_layer = h * head_dim * (2 * heads + 2 * kv) + 3 * h * inter
-    params = layers * per_layer + config.vocab_size * h
-    return params * (4 + 2 + 2) <= cpu.available_memory() / 4
+    return h * head_dim * (2 * heads + 2 * kv) + 3 * h * inter
 
+
+def _both_copies_fit(config) -> bool:
+    """fp32 and bf16 weights (plus oneDNN's packed copy; fp16+bf16 takes less) in at most a quarter
+    of the available memory."""
+    from tailor import cpu
+
+    params = config.num_hidden_layers * _layer_params(config) + config.vocab_size * config.hidden_size
+    return params * (4 + 2 + 2) <= cpu.available_memory() / 4

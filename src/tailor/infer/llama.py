@@ -39,9 +39,11 @@ class Dense:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, pack: bool = True,
                  single: tuple[torch.Tensor, torch.Tensor | None] | None = None):
         self.weight, self.bias = weight.contiguous(), bias
+        self.dtype, self.shape = weight.dtype, tuple(weight.shape)
         self.packed = None
         if pack and weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and _onednn_ok():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, 1)
+            self.weight = None  # the packed copy is the weight now: half the memory (no int8 from it)
         self.single = None  # (weight, bias) in the other dtype
         if single is not None and single[0].dtype != weight.dtype:
             self.single = (single[0].contiguous(), single[1])
@@ -88,13 +90,13 @@ class LlamaForward:
         """`model`: an HF causal LM (its linear layers may be PEFT-wrapped: their base weights are
         used, adapters come through add_lora); `dtype`: the matmul weights' copy, default their
         own; `residual`: the residual stream's, rotary's, the KV cache's and attention's dtype,
-        default `dtype`; `single`: a second weight copy in this dtype for steps of one row
-        (batch-1 decode), which then run entirely in it (`residual` becomes this dtype too);
-        `pack`: bf16 weights in oneDNN's layout. tailor.infer.autotune picks these per CPU."""
+        default `single` or `dtype`; `single`: a second weight copy in this dtype for steps of one
+        row (batch-1 decode), whose matmuls then run in it; `pack`: bf16 weights in oneDNN's
+        layout. tailor.infer.autotune picks these per CPU."""
         inner = model.model
         self.device = inner.embed_tokens.weight.device
         self.dtype = dtype or inner.embed_tokens.weight.dtype
-        self.residual = single or residual or self.dtype
+        self.residual = residual or single or self.dtype
         self.single, self.pack = single, pack
         self.plan = None  # the autotune.Plan that made this forward, when one did
         self.dims = llama.Dims.of(model)
@@ -143,7 +145,7 @@ class LlamaForward:
     def precision(self) -> str:
         """The weights' dtype(s) and the residual's, in words (logged, shown by `tailor serve`)."""
         name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-        kind = next((type(layer.qkv).__name__ for layer in self.layers[:1]), "Dense")
+        kind = next((type(layer.qkv).__name__ for layer in self.layers[:1]), "Dense")  # Int8Dense once quantized
         weights = "int8" if kind == "Int8Dense" else name.get(self.dtype, str(self.dtype))
         if self.single:
             return f"{name.get(self.single)} for one sequence, {weights} matmuls for more; {name.get(self.residual)} residual"

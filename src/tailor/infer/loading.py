@@ -129,7 +129,7 @@ def make_backend(model, max_len: int, quantize: str | None = None, plan=None):
     if supports(model.config):
         if plan is not None:
             return plan.forward(model, max_len)
-        forward = LlamaForward(model, max_len)
+        forward = LlamaForward(model, max_len, pack=quantize is None)  # int8 is made from the plain weights
         if quantize == "int8":
             from tailor.infer.quant import quantize_forward
 
@@ -139,6 +139,17 @@ def make_backend(model, max_len: int, quantize: str | None = None, plan=None):
         raise TailorError(f"--quantize {quantize} needs tailor's Llama-family forward, and a "
                           f"{model.config.model_type} model runs on the Hugging Face fallback; leave --quantize out.")
     return HFForward(model, max_len)
+
+
+def release_hf_weights(model, backend) -> None:
+    """Free the HF model's weights once a fast forward holds its own copies (a second copy of the
+    model otherwise, twice it when loaded in fp32 for a bf16 or fp16 forward). The model object
+    stays, on the meta device: its config, generation config and table sizes still answer. A
+    backend that is the HF model (HFForward) keeps it."""
+    from tailor.infer.llama import LlamaForward
+
+    if isinstance(backend, LlamaForward):
+        model.to("meta")
 
 
 def read_lora(folder: Path) -> LoraWeights | None:
@@ -220,6 +231,7 @@ def load_engine(ref, *, dtype: str = "auto", device: str | None = None, max_batc
         model = load_hf_model(folder, load_dtype, device)
         fit_embeddings(model, tokenizer)
         backend = make_backend(model, context_length(model.config, max_len), quantize, plan)
+        release_hf_weights(model, backend)
         return Loaded(Engine(backend, tokenizer, max_batch), tokenizer, 0,
                       stop_ids(tokenizer, [folder], model), warning)
     base = models.local_folder(models.adapter_base(src.path))
@@ -241,6 +253,9 @@ def adapter_backend(adapter: Path, base: Path, tokenizer, precision, device, max
         backend = make_backend(model, context_length(model.config, max_len), quantize, plan)
         if hasattr(backend, "lora_capable"):
             backend.add_lora(1, lora.pairs)
+            release_hf_weights(model, backend)
             return backend, 1, model
     model = merged_adapter_model(adapter, base, tokenizer, load_dtype, device)
-    return make_backend(model, context_length(model.config, max_len), quantize, plan), 0, model
+    backend = make_backend(model, context_length(model.config, max_len), quantize, plan)
+    release_hf_weights(model, backend)
+    return backend, 0, model

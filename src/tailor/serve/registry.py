@@ -306,6 +306,7 @@ class Registry:
 
         backend = loading.make_backend(model, loading.context_length(model.config, opts["max_len"]),
                                        opts.get("quantize"), plan)
+        loading.release_hf_weights(model, backend)
         engine = Engine(backend, tokenizer, opts["max_batch"], opts.get("max_queue"), opts.get("max_share", 1.0))
         self.engines.append(engine)
         return engine
