@@ -58,7 +58,9 @@ RATE = {("trl-bf16", "lora"): 200, ("trl-bf16", "full"): 200, ("trl-fp32", "lora
         ("tailor", "lora"): 500, ("tailor", "full"): 390}  # bench/RESULTS.md, 2026-11-29, idle AMD EPYC
 START_S = {"trl-bf16": 15, "trl-fp32": 15, "tailor": 12}  # start to step 1, and (tailor) its final save
 SCORE_TOKENS_PER_S = 500  # held-out scoring, fp32 forward only
-OTHER_S = {"demo": 120, "generate": 75, "generate-round": 110, "data": 60, "service": 180}
+# a decode round is ~110 s; serving adds ~140 s a round: llama-cpp-python's server answers 1+4+8+16
+# clients x 2 requests x 64 tokens one request at a time (~40 tokens/s), tailor's batches
+OTHER_S = {"demo": 120, "generate": 75, "generate-round": 250, "data": 60, "service": 180}
 
 
 def estimate(configs_: list[dict], parts: set, rounds: int, quick: bool = False) -> list[tuple[str, float]]:
@@ -73,7 +75,7 @@ def estimate(configs_: list[dict], parts: set, rounds: int, quick: bool = False)
         extra = START_S["trl-fp32"] + tokens / RATE[("trl-fp32", c["method"])] + score if c["fp32_peer"] else 0
         out.append((f"train {c['name']} x{min(rounds, c['rounds'])}", per_round * min(rounds, c["rounds"]) + extra))
     if "generate" in parts:
-        out.append(("decode + server", OTHER_S["generate"] + OTHER_S["generate-round"] * rounds))
+        out.append(("decode + serving (tailor, llama.cpp)", OTHER_S["generate"] + OTHER_S["generate-round"] * rounds))
     out += [(p, OTHER_S[p]) for p in ("demo", "data", "service") if p in parts]
     return out
 
