@@ -120,40 +120,42 @@ def test_lora_on_both_copies_equals_the_fp32_adapter(hf, lively):
 def _plans(*names):
     from tailor.infer import autotune
 
-    table = {p.name: p for p in autotune.candidates(None, batched=True)}
+    table = {p.name: p for p in autotune.candidates(None)}
     table.setdefault("bf16-unpacked", autotune.Plan("bf16-unpacked", "bfloat16", "bfloat16", pack=False))
     return [table[n] for n in names]
 
 
-def test_decide_is_never_slower_than_fp32_at_batch_one():
+def test_decide_takes_the_fastest_at_several_rows_among_the_fastest_at_one():
     from tailor.infer.autotune import decide
 
     amd = {"fp32": {"1": 30, "8": 120}, "bf16": {"1": 20, "8": 40}, "fp32+bf16": {"1": 30, "8": 41}}
-    plans = _plans("fp32", "bf16", "fp32+bf16")
-    assert decide(plans, amd, 1).name == "bf16" and decide(plans, amd, 8).name == "bf16"
-    # Intel AMX: fp32 wins one sequence, bf16 batches; both copies serve both
-    amx = {"fp32": {"1": 20, "8": 100}, "bf16": {"1": 40, "8": 30}, "fp32+bf16": {"1": 20.2, "8": 31}}
-    assert decide(plans, amx, 1).name == "fp32"
-    assert decide(plans, amx, 8).name == "fp32+bf16"
-    # both copies do not fit: batch 1 keeps its guarantee
-    assert decide(_plans("fp32", "bf16"), amx, 8).name == "fp32"
-    # one sequence alone takes the fastest; a batching engine may take a plan within the noise of it
+    assert decide(_plans("fp32", "bf16", "fp32+bf16"), amd).name == "bf16"
+    # Intel AMX: fp32 wins one sequence, bf16 several rows; both copies serve both. The two-copy
+    # plan's one-row timing caught more noise than fp32's (20.9 vs 20): it runs fp32's kernels there
+    amx = {"fp32": {"1": 20, "8": 100}, "bf16": {"1": 40, "8": 30}, "fp32+bf16": {"1": 20.9, "8": 31}}
+    assert decide(_plans("fp32", "bf16", "fp32+bf16"), amx).name == "fp32+bf16"
+    # both copies do not fit: one sequence keeps its guarantee, never slower than fp32
+    assert decide(_plans("fp32", "bf16"), amx).name == "fp32"
+    # within the noise of the best at one row, the faster at several rows; beyond it, not
     close = {"fp32": {"1": 20, "8": 100}, "bf16": {"1": 20.4, "8": 30}}
-    assert decide(_plans("fp32", "bf16"), close, 1).name == "fp32"
-    assert decide(_plans("fp32", "bf16"), close, 8).name == "bf16"
+    assert decide(_plans("fp32", "bf16"), close).name == "bf16"
     slower = {"fp32": {"1": 20, "8": 100}, "bf16": {"1": 21, "8": 30}}
-    assert decide(_plans("fp32", "bf16"), slower, 8).name == "fp32"
+    assert decide(_plans("fp32", "bf16"), slower).name == "fp32"
+    # fp16's GEMV wins one row but its GEMM loses: its two-copy form takes bf16 for prompts and batches
+    here = {"fp32": {"1": 50, "8": 120}, "bf16": {"1": 30, "8": 35}, "fp16": {"1": 24, "8": 75},
+            "fp16+bf16": {"1": 25, "8": 34}}
+    assert decide(_plans("fp32", "bf16", "fp16", "fp16+bf16"), here).name == "fp16+bf16"
 
 
 def _fake_times(winner):
-    """Timings under which `winner` is fastest at batch 1 and at 4 (per plan, per batch)."""
+    """Timings under which `winner` is fastest at one row and at 8 (per plan, per row count)."""
     from tailor.infer import autotune
 
     out = {}
-    for p in autotune.candidates(None, batched=True):
+    for p in autotune.candidates(None):
         fast = p.name == winner
         out[p.name] = {"1": {"head_ms": 1.0, "layer_ms": 0.5 if fast else 1.0},
-                       "4": {"head_ms": 1.0, "layer_ms": 0.5 if fast else 2.0}}
+                       "8": {"head_ms": 1.0, "layer_ms": 0.5 if fast else 2.0}}
     return out
 
 
@@ -165,19 +167,19 @@ def test_choice_is_cached_per_cpu_and_logged(tmp_path, monkeypatch, lively, capl
 
     monkeypatch.setenv("TAILOR_HOME", str(tmp_path))
     calls = []
-    monkeypatch.setattr(autotune, "measure", lambda config, plans, batch: calls.append(batch) or _fake_times("bf16"))
+    monkeypatch.setattr(autotune, "measure", lambda config, plans, rows: calls.append(rows) or _fake_times("bf16"))
     config = AutoConfig.from_pretrained(str(lively[0]))
     with caplog.at_level(logging.INFO, logger="tailor.infer.autotune"):
-        first = autotune.choose(config, max_batch=4)
-    assert first.plan.name == "bf16" and first.measured_now and calls == [4]
+        first = autotune.choose(config)
+    assert first.plan.name == "bf16" and first.measured_now and calls == [8]
     assert "decode precision bf16" in caplog.text and cpu.name() in caplog.text
     record = json.loads(first.path.read_text())
     assert record["key"]["cpu"] == cpu.name() and record["key"]["flags"] == sorted(cpu.flags() or ())
-    again = autotune.choose(config, max_batch=4)
-    assert calls == [4] and not again.measured_now and again.plan == first.plan  # read, not measured
+    again = autotune.choose(config)
+    assert calls == [8] and not again.measured_now and again.plan == first.plan  # read, not measured
     monkeypatch.setattr(cpu, "name", lambda: "Another CPU")
-    other = autotune.choose(config, max_batch=4)
-    assert calls == [4, 4] and other.path != first.path
+    other = autotune.choose(config)
+    assert calls == [8, 8] and other.path != first.path
 
 
 def test_the_measured_model_outgrows_the_cache(monkeypatch, lively):
@@ -207,7 +209,7 @@ def test_measure_times_every_plan_on_the_real_kernels(monkeypatch, lively):
     monkeypatch.setattr(autotune, "ROUNDS", 2)
     monkeypatch.setattr(autotune, "REPS", 1)
     config = AutoConfig.from_pretrained(str(lively[0]))
-    plans = autotune.candidates(None, batched=True)
+    plans = autotune.candidates(None)
     times = autotune.measure(config, plans, 3)
     assert set(times) == {p.name for p in plans}
     assert all(t["1"]["head_ms"] > 0 and t["1"]["layer_ms"] > 0 for t in times.values())
@@ -219,9 +221,9 @@ def test_load_engine_auto_takes_the_measured_plan_and_dtype_overrides_it(tmp_pat
     from tailor.infer.loading import load_engine
 
     monkeypatch.setenv("TAILOR_HOME", str(tmp_path))
-    monkeypatch.setattr(autotune, "measure", lambda config, plans, batch: _fake_times("fp32+bf16"))
+    monkeypatch.setattr(autotune, "measure", lambda config, plans, rows: _fake_times("fp32+bf16"))
     monkeypatch.setattr(autotune, "_both_copies_fit", lambda config: True)
-    loaded = load_engine(str(lively[0]), dtype="auto", max_batch=4)
+    loaded = load_engine(str(lively[0]), dtype="auto", max_batch=1)
     fw = loaded.engine.backend
     assert fw.single == torch.float32 and fw.dtype == torch.bfloat16 and fw.plan.name == "fp32+bf16"
     assert "fp32 for one sequence" in fw.precision

@@ -4,18 +4,20 @@ Which precision decodes fastest depends on the CPU, not on a flag it has: on an 
 AVX512-BF16, fp16 weights through torch's reduced-precision GEMV stream faster than bf16 in
 oneDNN's layout, which beats fp32 by 2x; on an Intel Xeon with AMX, bf16's batch-1
 matrix-vector product reads weights at a quarter of fp32's speed while its batched matmuls are
-several times faster. So with `--dtype auto` on a CPU the engine times, at first load, decode
-steps of a model with the real shapes (random weights, enough layers to outgrow the cache) in
-each candidate plan, at batch 1 and (for an engine that batches) at its batch size, and takes:
+several times faster. So with `--dtype auto` on a CPU the engine times, at first load, decode steps of a model with the
+real shapes (random weights, enough layers to outgrow the cache) in each candidate plan, at one
+row (one sequence decoding) and at ROWS rows (a batch of sequences decoding, or a prompt being
+prefilled: either way every weight meets several rows), and takes:
 
-- the fastest plan at batch 1, so never one slower there than fp32 as measured;
-- for an engine that batches, among the plans as fast at batch 1 (within 3%, the measurement's
-  noise), the fastest at its batch size. `fp32+bf16` and `fp16+bf16` keep two weight copies
-  (fp32 or fp16 for one sequence, bf16 for several) and are candidates only while both copies
-  fit in a quarter of the available memory.
+- among the plans as fast as the fastest at one row (within 3%, the measurement's noise), the
+  fastest at ROWS rows. fp32 is a candidate, so one sequence never decodes slower than in fp32;
+- `fp32+bf16` and `fp16+bf16` keep two weight copies: fp32 or fp16 for one row, bf16 for more
+  (fp16's fast GEMV is slow as a GEMM: a prompt's prefill took 4x bf16's). They run their
+  one-row twin's very kernels, so they count as fast as it at one row, and are candidates only
+  while both copies fit in a quarter of the available memory.
 
 The timings are cached in $TAILOR_HOME/autotune/, one file per CPU model and flags, torch
-version, threads, model shapes and batch size; later loads read them (delete the folder to
+version, threads and model shapes; later loads read them (delete the folder to
 measure again). `--dtype float32` or `--dtype bfloat16` skips all this and is what it says.
 """
 
@@ -35,10 +37,10 @@ import torch
 log = logging.getLogger(__name__)
 VERSION = 1  # bumped when what is measured changes, so older caches are measured again
 CONTEXT = 128  # tokens already in the cache while a decode step is timed (a chat turn)
-BATCH_CAP = 8  # a batching engine is timed at min(max_batch, this) sequences
-ROUNDS, REPS = 5, 6  # rounds alternate between the plans; the best round counts (noise is one-sided)
-NEAR = 1.03  # "as fast at batch 1": within 3% of the fastest
-KEEP = 1.25  # plans timed at the batch size: within this of the fastest at batch 1 (one round's noise)
+ROWS = 8  # "several rows": 8 sequences decoding at once, or an 8-token piece of a prompt
+ROUNDS, REPS = 4, 4  # rounds alternate between the plans; the best round counts (noise is one-sided)
+NEAR = 1.03  # "as fast at one row": within 3% of the fastest
+KEEP = 1.25  # plans timed at ROWS rows: within this of the fastest at one row (one round's noise)
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def fixed(dtype: torch.dtype, quantize: str | None = None) -> Plan:
     return Plan(name, name, name, quantize=quantize)
 
 
-def candidates(quantize: str | None, batched: bool) -> list[Plan]:
+def candidates(quantize: str | None) -> list[Plan]:
     if quantize == "int8":  # int8 weights either way; what differs is the activations' dtype
         return [Plan("int8", "bfloat16", "bfloat16", pack=False, quantize="int8"),
                 Plan("int8-fp32", "float32", "float32", pack=False, quantize="int8")]
@@ -88,67 +90,65 @@ def candidates(quantize: str | None, batched: bool) -> list[Plan]:
              Plan("fp16", "float16", "float32")]
     if _onednn_ok():  # oneDNN's packed layout is one bf16 kernel, torch's own matmul the other
         plans.append(Plan("bf16-unpacked", "bfloat16", "bfloat16", pack=False))
-    if batched:  # one sequence in fp32 or fp16, several in bf16: two weight copies
-        plans += [Plan("fp32+bf16", "bfloat16", "float32", single="float32"),
-                  Plan("fp16+bf16", "bfloat16", "float32", single="float16")]
+    plans += [Plan("fp32+bf16", "bfloat16", "float32", single="float32"),  # two copies: one row in
+              Plan("fp16+bf16", "bfloat16", "float32", single="float16")]  # fp32/fp16, more in bf16
     return plans
 
 
 @dataclass
 class Choice:
     plan: Plan
-    estimates: dict  # plan name -> {"1": ms per token, "<batch>": ms per step} for the whole model
+    estimates: dict  # plan name -> {"1": ms per step of one row, "8": of ROWS rows} for the whole model
     measured_now: bool
     path: Path
-    batch: int = 1
 
     def describe(self) -> str:
         from tailor import cpu
 
-        est = self.estimates
+        est, rows = self.estimates, str(ROWS)
         mine = est[self.plan.name]
         others = ", ".join(f"{n} {e['1']:.1f}" for n, e in est.items() if n != self.plan.name)
         fp32 = est.get("fp32", {}).get("1")
-        at_batch = str(self.batch)
         text = (f"decode precision {self.plan.name} on {cpu.name()} ({cpu.kind()}), "
-                f"{'measured now' if self.measured_now else 'measured before'}: {mine['1']:.1f} ms/token at batch 1 "
-                f"(others: {others})" + (f", {mine['1'] / fp32:.2f}x fp32's time" if fp32 else ""))
-        if self.batch > 1 and at_batch in mine:
-            others = ", ".join(f"{n} {e[at_batch]:.1f}" for n, e in est.items() if n != self.plan.name and at_batch in e)
-            text += f"; {mine[at_batch]:.1f} ms/step at batch {self.batch} (others: {others or 'not timed'})"
+                f"{'measured now' if self.measured_now else 'measured before'}: {mine['1']:.1f} ms per token "
+                f"decoding one sequence (others: {others})" + (f", {mine['1'] / fp32:.2f}x fp32's time" if fp32 else ""))
+        if rows in mine:
+            others = ", ".join(f"{n} {e[rows]:.1f}" for n, e in est.items() if n != self.plan.name and rows in e)
+            text += f"; {mine[rows]:.1f} ms per step of {ROWS} rows (others: {others or 'not timed'})"
         return text + f"; cached in {self.path}"
 
 
-def choose(config, *, max_batch: int, quantize: str | None = None) -> Choice:
+def choose(config, *, quantize: str | None = None) -> Choice:
     """The plan for an engine over a model of `config` on this CPU (measured once, then cached)."""
-    batch = max(1, min(max_batch, BATCH_CAP))
-    plans = candidates(quantize, batch > 1)
-    path = _cache_path(config, batch, quantize)
+    plans = candidates(quantize)
+    path = _cache_path(config, quantize)
     times = _read(path, plans)
     measured_now = times is None
     if times is None:
         t = time.perf_counter()
-        times = measure(config, plans, batch)
-        _write(path, {"key": _key(config, batch, quantize), "times": times,
-                      "seconds": round(time.perf_counter() - t, 1)})
+        times = measure(config, plans, ROWS)
+        _write(path, {"key": _key(config, quantize), "times": times, "seconds": round(time.perf_counter() - t, 1)})
     estimates = {p.name: {b: t["head_ms"] + config.num_hidden_layers * t["layer_ms"] for b, t in times[p.name].items()}
-                 for p in plans}  # a plan dropped while measuring has no estimate at the batch size
+                 for p in plans}  # a plan dropped while measuring has no estimate at ROWS rows
     allowed = [p for p in plans if p.single is None or _both_copies_fit(config)]
-    choice = Choice(decide(allowed, estimates, batch), estimates, measured_now, path, batch)
+    choice = Choice(decide(allowed, estimates), estimates, measured_now, path)
     # the first time on a CPU is news (and took seconds); later loads say it at debug level
     log.log(logging.INFO if measured_now else logging.DEBUG, choice.describe())
     return choice
 
 
-def decide(plans: list[Plan], estimates: dict, batch: int) -> Plan:
-    """The fastest at batch 1 (never slower than fp32 there); with batch > 1, the fastest at that
-    batch among those within NEAR of the fastest at batch 1 (the measurement's noise: fp32+bf16
-    runs fp32's very kernels for one sequence, yet is timed apart from it)."""
-    best_one = min(estimates[p.name]["1"] for p in plans)  # fp32 is a plan: this is at most fp32's
-    near = [p for p in plans if estimates[p.name]["1"] <= best_one * NEAR]
-    if batch == 1:
-        return min(near, key=lambda p: estimates[p.name]["1"])
-    return min(near, key=lambda p: (estimates[p.name].get(str(batch), float("inf")), estimates[p.name]["1"]))
+def decide(plans: list[Plan], estimates: dict) -> Plan:
+    """Among the plans within NEAR of the fastest at one row, the fastest at ROWS rows. A
+    two-copy plan runs its twin's kernels for one row (fp16+bf16: fp16's), so it is as fast as
+    that twin there, whatever noise the separate timings caught."""
+    one = {p.name: estimates[p.name]["1"] for p in plans}
+    for p in plans:
+        twin = next((q for q in plans if q.single is None and q.weights == p.single and q.residual == p.residual), None)
+        if p.single and twin is not None:
+            one[p.name] = min(one[p.name], one[twin.name])
+    best = min(one.values())  # fp32 is a plan: this is at most fp32's
+    near = [p for p in plans if one[p.name] <= best * NEAR]
+    return min(near, key=lambda p: (estimates[p.name].get(str(ROWS), float("inf")), one[p.name]))
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -160,15 +160,13 @@ def measure(config, plans: list[Plan], batch: int) -> dict:
     their weights outgrow the CPU's last-level cache twice over (a decode step streams its weights
     from memory; one layer alone would sit in cache and favour other kernels). Batch 1 first; a
     plan more than twice the best there after one round is dropped, and only plans that may still
-    be chosen (KEEP of the best at batch 1) are timed at `batch`."""
+    be chosen (KEEP of the best at batch 1) are timed at `batch` rows (that many sequences)."""
     layers = _layers_to_measure(config)
     model = _model(config, layers)
     forwards = {p.name: p.forward(model, CONTEXT + 2) for p in plans}
     del model
-    ids = list(range(1, CONTEXT + 1))
-    for fw in forwards.values():
-        for slot in range(batch):
-            fw.prefill(slot, ids)
+    # the steps attend over CONTEXT cached positions; what the cache holds (zeros) costs the same
+    # as real keys, and a prefill of each slot would take longer than the timing itself
     out: dict = {name: {} for name in forwards}
     live = list(forwards)
     for b in sorted({1, batch}):
@@ -245,20 +243,20 @@ def _model(config, layers: int):
 
 # -- the cache -------------------------------------------------------------------------------
 
-def _key(config, batch: int, quantize: str | None) -> dict:
+def _key(config, quantize: str | None) -> dict:
     from tailor import cpu
 
     shape = {k: getattr(config, k, None) for k in ("model_type", "hidden_size", "intermediate_size",
                                                    "num_attention_heads", "num_key_value_heads", "head_dim",
                                                    "vocab_size", "tie_word_embeddings", "attention_bias")}
     return {"version": VERSION, "cpu": cpu.name(), "flags": sorted(cpu.flags() or ()), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "shape": shape, "batch": batch, "quantize": quantize}
+            "threads": torch.get_num_threads(), "shape": shape, "rows": ROWS, "quantize": quantize}
 
 
-def _cache_path(config, batch: int, quantize: str | None) -> Path:
+def _cache_path(config, quantize: str | None) -> Path:
     from tailor.models import tailor_home
 
-    digest = hashlib.sha256(json.dumps(_key(config, batch, quantize), sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(_key(config, quantize), sort_keys=True).encode()).hexdigest()[:16]
     return tailor_home() / "autotune" / f"decode-{digest}.json"
 
 

@@ -87,7 +87,7 @@ def context_length(config, max_len: int | None = None) -> int:
 QUANTIZE = ("int8",)
 
 
-def engine_precision(folder: Path, dtype: str, device: str | None, max_batch: int, quantize: str | None):
+def engine_precision(folder: Path, dtype: str, device: str | None, quantize: str | None):
     """(the dtype to load the HF model in, the fast forward's autotune.Plan or None). With
     `dtype` auto on a CPU, for a model the fast forward covers, the plan is measured on this CPU
     (once, then cached: tailor.infer.autotune); otherwise the dtype is as given (or
@@ -107,7 +107,7 @@ def engine_precision(folder: Path, dtype: str, device: str | None, max_batch: in
         raise TailorError(f"Could not read the model config in {folder}: {exc}") from exc
     if not supports(config):
         return dtype, None
-    plan = autotune.choose(config, max_batch=max_batch, quantize=quantize).plan
+    plan = autotune.choose(config, quantize=quantize).plan
     return plan.load_dtype, plan
 
 
@@ -227,7 +227,7 @@ def load_engine(ref, *, dtype: str = "auto", device: str | None = None, max_batc
     warning = ensure_chat_template(tokenizer, chat_template)
     if src.kind != "adapter":
         folder = models.local_folder(ref)
-        load_dtype, plan = engine_precision(folder, dtype, device, max_batch, quantize)
+        load_dtype, plan = engine_precision(folder, dtype, device, quantize)
         model = load_hf_model(folder, load_dtype, device)
         fit_embeddings(model, tokenizer)
         backend = make_backend(model, context_length(model.config, max_len), quantize, plan)
@@ -235,7 +235,7 @@ def load_engine(ref, *, dtype: str = "auto", device: str | None = None, max_batc
         return Loaded(Engine(backend, tokenizer, max_batch), tokenizer, 0,
                       stop_ids(tokenizer, [folder], model), warning)
     base = models.local_folder(models.adapter_base(src.path))
-    precision = engine_precision(base, dtype, device, max_batch, quantize)
+    precision = engine_precision(base, dtype, device, quantize)
     backend, adapter, model = adapter_backend(src.path, base, tokenizer, precision, device, max_len, quantize)
     return Loaded(Engine(backend, tokenizer, max_batch), tokenizer, adapter,
                   stop_ids(tokenizer, [src.path, base], model), warning)

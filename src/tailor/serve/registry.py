@@ -298,7 +298,7 @@ class Registry:
         """(load dtype, plan) of an engine over the model in `folder` (infer.loading.engine_precision)."""
         from tailor.infer import loading
 
-        return loading.engine_precision(folder, opts["dtype"], opts["device"], opts["max_batch"], opts.get("quantize"))
+        return loading.engine_precision(folder, opts["dtype"], opts["device"], opts.get("quantize"))
 
     def _engine(self, model, tokenizer, opts, plan=None):
         from tailor.infer import loading
