@@ -237,3 +237,23 @@ def test_load_engine_auto_takes_the_measured_plan_and_dtype_overrides_it(tmp_pat
     monkeypatch.setenv("TAILOR_HOME", str(tmp_path / "empty"))
     fixed = load_engine(str(lively[0]), dtype="float32", max_batch=4).engine.backend
     assert fixed.dtype == torch.float32 and fixed.single is None
+
+
+def test_bf16_stored_weights_load_as_bf16_for_any_plan(tmp_path, monkeypatch, hf):
+    """A folder stored in bf16 (the default model's cache) loads in bf16 even for a plan with
+    fp32 parts, and the forward it makes equals the one made from an fp32 load of those weights."""
+    from tailor.infer import autotune
+    from tailor.infer.loading import engine_precision, load_hf_model
+
+    folder = tmp_path / "bf16"
+    hf.to(torch.bfloat16).save_pretrained(folder)
+    hf.float()
+    monkeypatch.setenv("TAILOR_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(autotune, "measure", lambda config, plans, rows: _fake_times("fp16+bf16"))
+    monkeypatch.setattr(autotune, "_both_copies_fit", lambda config: True)
+    load_dtype, plan = engine_precision(folder, "auto", "cpu", None)
+    assert plan.name == "fp16+bf16" and plan.load_dtype == "float32" and load_dtype == "bfloat16"
+    small, wide = (plan.forward(load_hf_model(folder, d, "cpu"), 64) for d in (load_dtype, "float32"))
+    torch.testing.assert_close(small.prefill(0, PROMPT), wide.prefill(0, PROMPT), rtol=0, atol=0)
+    step = ([0], [3], [len(PROMPT)])
+    torch.testing.assert_close(small.decode(*step), wide.decode(*step), rtol=0, atol=0)
