@@ -53,10 +53,19 @@ def has_fast_bf16() -> bool:
 def available_memory() -> int:
     """MemAvailable from /proc/meminfo (the kernel's estimate of what can be used without
     swapping), in bytes; unbounded where there is no /proc."""
+    return _meminfo("MemAvailable:")
+
+
+def total_memory() -> int:
+    """MemTotal from /proc/meminfo, in bytes; unbounded where there is no /proc."""
+    return _meminfo("MemTotal:")
+
+
+def _meminfo(key: str) -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass

@@ -56,6 +56,8 @@ RESUME_SAFE = (
     # Execution: the same computation on other hardware or with another speed/memory trade-off (a
     # preempted job may resume elsewhere, where dtype auto picks differently anyway).
     "device", "dtype", "gradient_checkpointing", "compile", "fused",
+    # The memory budget plans a new run only: a resume keeps its saved plan (micro-batch, checkpointing).
+    "memory_budget_gb",
     # How the processes are launched and share the work: the number of processes that matters is
     # the world size the checkpoint records, which check_resume compares on its own.
     "nproc", "parallel",
@@ -164,7 +166,7 @@ class Session:
         self.precision = precision(cfg)
         for note in self.precision.notes:
             self._say(f"note: {note}")
-        if ckpt is None:  # CUDA: shrink the micro-batch / checkpoint to fit; a resume keeps its saved plan
+        if ckpt is None:  # shrink the micro-batch / checkpoint to fit; a resume keeps its saved plan
             self.cfg = cfg = memory.fit(cfg, self.precision, self._say)
         torch.manual_seed(cfg.seed)
         self.model, self.base = load_model(cfg, self.tokenizer, self.precision, ckpt)
