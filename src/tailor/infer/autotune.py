@@ -72,12 +72,6 @@ class Plan:
         return fw
 
 
-def fixed(dtype: torch.dtype, quantize: str | None = None) -> Plan:
-    """The plan of an explicit --dtype: that dtype throughout, packed as before."""
-    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
-    return Plan(name, name, name, quantize=quantize)
-
-
 def candidates(quantize: str | None) -> list[Plan]:
     if quantize == "int8":  # int8 weights either way; what differs is the activations' dtype
         return [Plan("int8", "bfloat16", "bfloat16", pack=False, quantize="int8"),
@@ -143,12 +137,20 @@ def decide(plans: list[Plan], estimates: dict) -> Plan:
     that twin there, whatever noise the separate timings caught."""
     one = {p.name: estimates[p.name]["1"] for p in plans}
     for p in plans:
-        twin = next((q for q in plans if q.single is None and q.weights == p.single and q.residual == p.residual), None)
-        if p.single and twin is not None:
+        twin = _twin(p, plans)
+        if twin is not None:
             one[p.name] = min(one[p.name], one[twin.name])
     best = min(one.values())  # fp32 is a plan: this is at most fp32's
     near = [p for p in plans if one[p.name] <= best * NEAR]
     return min(near, key=lambda p: (estimates[p.name].get(str(ROWS), float("inf")), one[p.name]))
+
+
+def _twin(plan: Plan, plans: list[Plan]) -> Plan | None:
+    """The one-copy plan whose kernels a two-copy plan runs for one row (fp16+bf16: fp16)."""
+    if plan.single is None:
+        return None
+    return next((q for q in plans if q.single is None and q.weights == plan.single and q.residual == plan.residual),
+                None)
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -181,7 +183,9 @@ def measure(config, plans: list[Plan], batch: int) -> dict:
         for name in best:  # a plan dropped after one round keeps that round's figure
             out[name][str(b)] = {"head_ms": round(best[name][0] * 1e3, 4), "layer_ms": round(best[name][1] * 1e3, 4)}
         fastest = min(_total(config, best[n]) for n in live)
-        live = [n for n in live if _total(config, best[n]) <= KEEP * fastest]
+        kept = {n for n in live if _total(config, best[n]) <= KEEP * fastest}
+        twins = {p.name: _twin(p, plans) for p in plans}
+        live = [n for n in live if n in kept or (twins[n] is not None and twins[n].name in kept)]
     return out
 
 
