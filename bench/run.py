@@ -183,7 +183,7 @@ def main() -> None:
     t0 = time.perf_counter()
     info = results.machine()
     peak = run_json("peak.py")
-    print(f"machine: {info}\npeak: {peak}", flush=True)
+    print(f"machine: {results._machine_line(info, peak)}", flush=True)
     for shape in ("short", "long"):
         if any(c["shape"] == shape for c in configs):
             run_json("check_masks.py", "--model", model, "--data", files[f"{shape}-train"],
