@@ -11,8 +11,10 @@
 3. Decode at batch 1: tailor (`--dtype auto`: the precision its engine measured on this CPU) vs
    HF `generate` (fp32 and bf16; the faster is the peer) vs llama.cpp (f16, q8_0), --rounds
    rounds. With --tailor-generate-flags (or when `tailor generate --help` offers --quantize) tailor
-   gets a second row with those engine flags. Serving: `tailor serve` and llama-cpp-python's
-   server on the same f16 GGUF, streaming chat at 1/4/8/16 clients (bench/serve_load.py).
+   gets a second row with those engine flags. Decode runs with OMP_WAIT_POLICY=ACTIVE for every
+   tool (as `tailor generate` sets it), training and serving with PASSIVE (as `tailor train` and
+   `serve` do). Serving: `tailor serve` and llama-cpp-python's server on the same f16 GGUF,
+   streaming chat at 1/4/8/16 clients (bench/serve_load.py).
 4. Data preparation and the fine-tuning service (as before), one round each.
 Every ratio compares figures measured in this same run, on this machine: the run records its CPU
 (model, kind, flags) and becomes that CPU kind's latest in bench/results/; bench/RESULTS.md shows
@@ -124,20 +126,23 @@ def bench_generate(model: str, rounds: int, flags: list[str] | None, quick: bool
         old.unlink()
     out: dict = {"hf-fp32": [], "hf-bf16": [], "tailor": [], "tailor-flags": [], "llama-f16": [], "llama-q8_0": [],
                  "flags": " ".join(flags or [])}
+    # batch-1 decode runs as `tailor generate` runs it, with spinning OpenMP threads (tailor/cli.py
+    # omp_wait_policy: 1.4x here); every decode peer gets the same, the servers sleep as `tailor serve` does
+    spin = {"OMP_WAIT_POLICY": "ACTIVE"}
     for r in range(rounds):
         print(f"decode, round {r + 1}/{rounds}", flush=True)
         for dtype in ("float32", "bfloat16"):
             out[f"hf-{dtype.replace('float32', 'fp32').replace('bfloat16', 'bf16')}"].append(
-                run_json("peer_hf_generate.py", "--model", model, "--dtype", dtype))
-        out["tailor"].append(run_json("run_tailor_generate.py", "--model", model, "--dtype", "auto"))
+                run_json("peer_hf_generate.py", "--model", model, "--dtype", dtype, env=spin))
+        out["tailor"].append(run_json("run_tailor_generate.py", "--model", model, "--dtype", "auto", env=spin))
         if flags:  # a new engine option: its failure costs its row, not the whole bench
             got = run_json("run_tailor_generate.py", "--model", model, "--dtype", "auto", "--", *flags,
-                           optional=True)
+                           optional=True, env=spin)
             out["tailor-flags"] += [] if "error" in got else [got]
             out["flags_error"] = got.get("error")
         if has_llama:
             for q in ("f16", "q8_0"):
-                out[f"llama-{q}"].append(run_json("peer_llama_cpp.py", "--model", model, "--quant", q))
+                out[f"llama-{q}"].append(run_json("peer_llama_cpp.py", "--model", model, "--quant", q, env=spin))
     plan = out["tailor"][-1].get("plan", "?")
     out["tailor_label"] = f"tailor auto ({plan})"
     out["precision"] = out["tailor"][-1].get("precision")
@@ -172,7 +177,8 @@ def main() -> None:
     configs = bench_plan.configs(args.quick, args.configs)
     WORK.mkdir(exist_ok=True)
     # tailor's CLI sets OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning while
-    # waiting); every process here gets it, the peers too.
+    # waiting) for training and serving; every such process here gets it, the peers too (batch-1
+    # decode, as `tailor generate` runs it, spins: see bench_generate).
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from tailor import models
