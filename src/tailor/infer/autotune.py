@@ -17,7 +17,7 @@ prefilled: either way every weight meets several rows), and takes:
   while both copies fit in a quarter of the available memory.
 
 The timings are cached in $TAILOR_HOME/autotune/, one file per CPU model and flags, torch
-version, threads and model shapes; later loads read them (delete the folder to
+version, threads (and whether OpenMP's threads spin) and model shapes; later loads read them (delete the folder to
 measure again). `--dtype float32` or `--dtype bfloat16` skips all this and is what it says.
 """
 
@@ -254,7 +254,8 @@ def _key(config, quantize: str | None) -> dict:
                                                    "num_attention_heads", "num_key_value_heads", "head_dim",
                                                    "vocab_size", "tie_word_embeddings", "attention_bias")}
     return {"version": VERSION, "cpu": cpu.name(), "flags": sorted(cpu.flags() or ()), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "shape": shape, "rows": ROWS, "quantize": quantize}
+            "threads": torch.get_num_threads(), "wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # spinning or not
+            "shape": shape, "rows": ROWS, "quantize": quantize}
 
 
 def _cache_path(config, quantize: str | None) -> Path:
