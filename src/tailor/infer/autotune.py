@@ -17,8 +17,9 @@ prefilled: either way every weight meets several rows), and takes:
   while both copies fit in a quarter of the available memory.
 
 The timings are cached in $TAILOR_HOME/autotune/, one file per CPU model and flags, torch
-version, threads (and whether OpenMP's threads spin) and model shapes; later loads read them (delete the folder to
-measure again). `--dtype float32` or `--dtype bfloat16` skips all this and is what it says.
+version, threads (and whether OpenMP's threads spin) and model shapes; later loads read them
+(delete the folder to measure again). `--dtype float32` or `--dtype bfloat16` skips all this and
+is what it says.
 """
 
 from __future__ import annotations
