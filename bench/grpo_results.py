@@ -15,7 +15,7 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs)
 
 
-def target_rows(found: dict) -> list[str]:
+def target_rows(found: dict) -> list[tuple[str, str, str, str]]:
     rows, out = found.get("grpo") or [], []
     for c in found.get("grpo_configs", []):
         pairs = list(zip(_runs(rows, c["name"], "tailor"), _runs(rows, c["name"], "trl-bf16")))
@@ -23,13 +23,13 @@ def target_rows(found: dict) -> list[str]:
             continue
         speed = [b["step_s"] / a["step_s"] for a, b in pairs]
         met = "yes" if all(x >= STEPS_X for x in speed) else "no"
-        out.append(f"| GRPO steps per hour >= {STEPS_X:g}x TRL-bf16 GRPOTrainer | {c['name']} | "
-                   f"{' / '.join(f'{x:.2f}x' for x in speed)} | {met} |")
+        out.append((f"GRPO steps per hour >= {STEPS_X:g}x TRL-bf16 GRPOTrainer", c["name"],
+                    " / ".join(f"{x:.2f}x" for x in speed), met))
         tailor = [x for a, _ in pairs for x in a["rewards"]]
         trl = [x for _, b in pairs for x in b["rewards"]]
-        out.append(f"| GRPO reward trajectory statistically the same (mean over all steps, Welch t) | {c['name']} | "
-                   f"tailor {_mean(tailor):.3f}, TRL {_mean(trl):.3f}, t = {_welch(tailor, trl):+.2f} | "
-                   f"{'yes' if abs(_welch(tailor, trl)) < 2 else 'no'} (|t| < 2) |")
+        out.append(("GRPO reward trajectory statistically the same (mean over all steps, Welch t, |t| < 2)",
+                    c["name"], f"tailor {_mean(tailor):.3f}, TRL {_mean(trl):.3f}, t = {_welch(tailor, trl):+.2f}",
+                    "yes" if abs(_welch(tailor, trl)) < 2 else "no"))
     return out
 
 

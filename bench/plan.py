@@ -80,7 +80,9 @@ RATE = {("trl-bf16", "lora"): 200, ("trl-bf16", "full"): 200, ("trl-fp32", "lora
         ("tailor", "lora"): 500, ("tailor", "full"): 390}  # bench/RESULTS.md, 2026-11-29, idle AMD EPYC
 START_S = {"trl-bf16": 15, "trl-fp32": 15, "tailor": 12}  # start to step 1, and (tailor) its final save
 SCORE_TOKENS_PER_S = 500  # held-out scoring, fp32 forward only
-OTHER_S = {"demo": 120, "generate": 75, "generate-round": 110, "data": 60, "service": 180, "structured": 60}
+# a decode round is ~110 s; serving adds ~140 s a round: llama-cpp-python's server answers 1+4+8+16
+# clients x 2 requests x 64 tokens one request at a time (~40 tokens/s), tailor's batches
+OTHER_S = {"demo": 120, "generate": 75, "generate-round": 250, "data": 60, "service": 180, "structured": 60}
 
 
 def estimate(configs_: list[dict], parts: set, rounds: int, quick: bool = False) -> list[tuple[str, float]]:
@@ -108,7 +110,7 @@ def estimate(configs_: list[dict], parts: set, rounds: int, quick: bool = False)
             per_round = (c["steps"] + 1) * (15 + 60) + START_S["tailor"] + START_S["trl-bf16"]
             out.append((f"grpo {c['name']} x{min(rounds, c['rounds'])}", per_round * min(rounds, c["rounds"])))
     if "generate" in parts:
-        out.append(("decode + server", OTHER_S["generate"] + OTHER_S["generate-round"] * rounds))
+        out.append(("decode + serving (tailor, llama.cpp)", OTHER_S["generate"] + OTHER_S["generate-round"] * rounds))
     out += [(p, OTHER_S[p]) for p in ("demo", "data", "service", "structured") if p in parts]
     return out
 

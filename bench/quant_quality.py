@@ -229,15 +229,13 @@ def decode(model_ref: str, reps: int, new: int = 64, prompt_len: int = 50) -> No
     """The engine at batch 1 (bench/run_tailor_generate.py's work: greedy, 64 new tokens after a
     50-token prompt), bf16 against the same engine after quantize_forward, alternating."""
     from tailor.infer.loading import load_engine
-    from tailor.infer.quant import quantize_forward
     from tailor.infer.sampling import SamplingParams
 
     bf16 = load_engine(model_ref, dtype="bfloat16", max_batch=1).engine
-    int8 = load_engine(model_ref, dtype="bfloat16", max_batch=1).engine
-    if not hasattr(int8.backend, "layers"):
+    if not hasattr(bf16.backend, "layers"):
         print(json.dumps({"what": "int8_engine_decode", "skipped": "the HF fallback forward, not tailor's"}))
         return
-    quantize_forward(int8.backend)
+    int8 = load_engine(model_ref, dtype="bfloat16", max_batch=1, quantize="int8").engine  # quantize_forward'ed
     ids = torch.randint(100, 40000, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
     params = SamplingParams(max_new_tokens=new, temperature=0, stop_token_ids=[])
 

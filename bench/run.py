@@ -8,9 +8,13 @@
    timed. Both trained models and the base model are scored on held-out questions by one function.
 2. Figures users feel: time to the first training step (process start to step 1 done, in every
    training run), the wall time of `make demo`'s training (bench/demo_train.py), peak RSS.
-3. Decode at batch 1: tailor vs HF `generate` (fp32 and bf16; the faster is the peer) vs llama.cpp
-   (f16, q8_0), --rounds rounds; the server at 1/4/8 clients. With --tailor-generate-flags (or when
-   `tailor generate --help` offers --quantize) tailor gets a second row with those engine flags.
+3. Decode at batch 1: tailor (`--dtype auto`: the precision its engine measured on this CPU) vs
+   HF `generate` (fp32 and bf16; the faster is the peer) vs llama.cpp (f16, q8_0), --rounds
+   rounds. With --tailor-generate-flags (or when `tailor generate --help` offers --quantize) tailor
+   gets a second row with those engine flags. Decode runs with OMP_WAIT_POLICY=ACTIVE for every
+   tool (as `tailor generate` sets it), training and serving with PASSIVE (as `tailor train` and
+   `serve` do). Serving: `tailor serve` and llama-cpp-python's server on the same f16 GGUF,
+   streaming chat at 1/4/8/16 clients (bench/serve_load.py).
 4. Data preparation and the fine-tuning service (as before), one round each.
 5. Structured outputs: decode tokens/s with and without a JSON schema's grammar at batch 1 and 8
    (bench/structured_speed.py; target: at most 10% slower).
@@ -20,8 +24,10 @@
 7. GRPO vs TRL's GRPOTrainer in its best CPU configuration (transformers generation, bf16), the
    same task (bench/grpo_task.py), prompts, replies per prompt and lengths, alternating for --rounds
    rounds: rollout tokens/s, step time, and the mean reward over the steps.
-Every ratio compares figures measured in this same run. Results: bench/RESULTS.md (the previous
-RESULTS.md moves to the top of bench/HISTORY.md) and bench/.work/rows.json.
+Every ratio compares figures measured in this same run, on this machine: the run records its CPU
+(model, kind, flags) and becomes that CPU kind's latest in bench/results/; bench/RESULTS.md shows
+each kind's latest side by side (the previous RESULTS.md moves to the top of bench/HISTORY.md).
+Raw figures: bench/.work/rows.json. Training configs print their model FLOPs utilisation.
 
     .venv/bin/python bench/run.py [--rounds 2] [--only train,demo,generate,data,service,structured,dpo,grpo] [--quick]
 """
@@ -38,6 +44,7 @@ from pathlib import Path
 
 import plan as bench_plan
 import results
+import targets
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
@@ -82,7 +89,9 @@ def write_data(quick: bool) -> dict:
     return files
 
 
-def bench_train(model: str, files: dict, configs: list[dict], rounds: int) -> tuple[list[dict], dict]:
+def bench_train(model: str, files: dict, configs: list[dict], rounds: int, found: dict) -> tuple[list[dict], dict]:
+    """TRL then tailor per config and round; `found` (the run's figures so far: the peak and the
+    model's shape) gives each run's model FLOPs utilisation as it finishes."""
     base = {shape: run_json("score.py", "--model", model, "--val", files[f"{shape}-val"])["val_loss"]
             for shape in sorted({c["shape"] for c in configs})}
     print(f"base model held-out loss: {base}", flush=True)
@@ -101,8 +110,10 @@ def bench_train(model: str, files: dict, configs: list[dict], rounds: int) -> tu
             if r == 0 and c.get("fp32_peer"):  # TRL's default precision, a second row
                 got.append(run_json("peer_trl.py", *args, "--tailor-order"))
             rows += [{**g, **tag} for g in got]
-            print("    " + "  ".join(f"{g['tool']}: {g['tokens_per_s']:.0f} tok/s, loss {g['val_loss']:.3f}, "
-                                     f"first step {results._fmt(g['first_step_s'], '.1f')}s" for g in got), flush=True)
+            print("    " + "  ".join(f"{g['tool']}: {g['tokens_per_s']:.0f} tok/s "
+                                     f"(MFU {targets.fmt(targets.mfu(found, c, g['tokens_per_s']), '.0%')}), "
+                                     f"loss {g['val_loss']:.3f}, first step {results._fmt(g['first_step_s'], '.1f')}s"
+                                     for g in got), flush=True)
     return rows, base
 
 
@@ -161,7 +172,7 @@ def tailor_generate_flags(given: str | None) -> list[str] | None:
     return ["--quantize", "int8"] if "--quantize" in helptext else None
 
 
-def bench_generate(model: str, rounds: int, flags: list[str] | None) -> dict:
+def bench_generate(model: str, rounds: int, flags: list[str] | None, quick: bool) -> dict:
     import importlib.util
 
     has_llama = importlib.util.find_spec("llama_cpp") is not None
@@ -169,22 +180,40 @@ def bench_generate(model: str, rounds: int, flags: list[str] | None) -> dict:
         old.unlink()
     out: dict = {"hf-fp32": [], "hf-bf16": [], "tailor": [], "tailor-flags": [], "llama-f16": [], "llama-q8_0": [],
                  "flags": " ".join(flags or [])}
+    # batch-1 decode runs as `tailor generate` runs it, with spinning OpenMP threads (tailor/cli.py
+    # omp_wait_policy: 1.4x here); every decode peer gets the same, the servers sleep as `tailor serve` does
+    spin = {"OMP_WAIT_POLICY": "ACTIVE"}
     for r in range(rounds):
         print(f"decode, round {r + 1}/{rounds}", flush=True)
         for dtype in ("float32", "bfloat16"):
             out[f"hf-{dtype.replace('float32', 'fp32').replace('bfloat16', 'bf16')}"].append(
-                run_json("peer_hf_generate.py", "--model", model, "--dtype", dtype))
-        out["tailor"].append(run_json("run_tailor_generate.py", "--model", model, "--dtype", "bfloat16"))
+                run_json("peer_hf_generate.py", "--model", model, "--dtype", dtype, env=spin))
+        out["tailor"].append(run_json("run_tailor_generate.py", "--model", model, "--dtype", "auto", env=spin))
         if flags:  # a new engine option: its failure costs its row, not the whole bench
-            got = run_json("run_tailor_generate.py", "--model", model, "--dtype", "bfloat16", "--", *flags,
-                           optional=True)
+            got = run_json("run_tailor_generate.py", "--model", model, "--dtype", "auto", "--", *flags,
+                           optional=True, env=spin)
             out["tailor-flags"] += [] if "error" in got else [got]
             out["flags_error"] = got.get("error")
         if has_llama:
             for q in ("f16", "q8_0"):
-                out[f"llama-{q}"].append(run_json("peer_llama_cpp.py", "--model", model, "--quant", q))
-    out["serve"] = run_json("run_tailor_serve.py", "--model", model, "--rounds", str(rounds), timeout=1200)
+                out[f"llama-{q}"].append(run_json("peer_llama_cpp.py", "--model", model, "--quant", q, env=spin))
+    plan = out["tailor"][-1].get("plan", "?")
+    out["tailor_label"] = f"tailor auto ({plan})"
+    out["precision"] = out["tailor"][-1].get("precision")
+    servers = "tailor,llama-cpp" if importlib.util.find_spec("llama_cpp.server") and _server_extra() else "tailor"
+    if servers == "tailor":
+        print("  llama-cpp-python's server is not installed (pip install 'llama-cpp-python[server]'): "
+              "serving is measured for tailor alone", flush=True)
+    load = ["--requests", "1", "--clients", "1,4"] if quick else []
+    out["serve"] = run_json("serve_load.py", "--model", model, "--rounds", str(rounds), "--servers", servers, *load,
+                            timeout=3600)
     return out
+
+
+def _server_extra() -> bool:
+    """llama_cpp.server imports only with its extra's packages (sse-starlette and others)."""
+    r = subprocess.run([PY, "-c", "import llama_cpp.server.app"], capture_output=True)
+    return r.returncode == 0
 
 
 def main() -> None:
@@ -202,7 +231,8 @@ def main() -> None:
     configs = bench_plan.configs(args.quick, args.configs)
     WORK.mkdir(exist_ok=True)
     # tailor's CLI sets OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning while
-    # waiting); every process here gets it, the peers too.
+    # waiting) for training and serving; every such process here gets it, the peers too (batch-1
+    # decode, as `tailor generate` runs it, spins: see bench_generate).
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from tailor import models
@@ -213,15 +243,16 @@ def main() -> None:
     t0 = time.perf_counter()
     info = results.machine()
     peak = run_json("peak.py")
-    print(f"machine: {info}\npeak: {peak}", flush=True)
+    print(f"machine: {results._machine_line(info, peak)}", flush=True)
     for shape in ("short", "long"):
         if any(c["shape"] == shape for c in configs):
             run_json("check_masks.py", "--model", model, "--data", files[f"{shape}-train"],
                      "--max-length", str(bench_plan.MAX_LENGTH[shape]))
-    found: dict = {"info": info, "peak": peak, "rounds": rounds, "configs": configs}
+    found: dict = {"info": info, "peak": peak, "rounds": rounds, "configs": configs,
+                   "n_params": results.n_params(model), "model_shape": results.model_shape(model),
+                   "mean_tokens": bench_plan.MEAN_TOKENS}
     if "train" in parts:
-        found["train"], found["base_loss"] = bench_train(model, files, configs, rounds)
-        found["n_params"] = results.n_params(model)
+        found["train"], found["base_loss"] = bench_train(model, files, configs, rounds, found)
     if "demo" in parts:
         found["demo"] = run_json("demo_train.py")
     if "dpo" in parts:
@@ -231,7 +262,7 @@ def main() -> None:
         found["grpo_configs"] = bench_plan.grpo_configs(args.quick)
         found["grpo"] = bench_grpo(model, found["grpo_configs"], rounds)
     if "generate" in parts:
-        found["generate"] = bench_generate(model, rounds, tailor_generate_flags(args.tailor_generate_flags))
+        found["generate"] = bench_generate(model, rounds, tailor_generate_flags(args.tailor_generate_flags), args.quick)
     if "data" in parts:
         found["data"] = {tool: run_json(script, "--model", model, "--data", files["data20k"])
                          for tool, script in (("trl", "peer_trl_data.py"), ("tailor", "run_tailor_data.py"))}
@@ -244,7 +275,13 @@ def main() -> None:
         found["structured"] = run_json("structured_speed.py", "--model", model, *(["--quick"] if args.quick else []))
     found["minutes"] = (time.perf_counter() - t0) / 60
     (WORK / "rows.json").write_text(json.dumps(found, indent=1))
-    text = results.render(found, command="bench/run.py " + " ".join(sys.argv[1:]))
+    command = "bench/run.py " + " ".join(sys.argv[1:])
+    if args.quick:  # a smoke test is nobody's latest: its own page only
+        text = results.render(found, command=command)
+    else:
+        kept = results.remember(found, parts, command)
+        print(f"this run is now the latest on {info['kind']} ({kept})", flush=True)
+        text = results.render_page(results.stored())
     out = Path(args.out) if args.out else (WORK / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md")
     results.write(out, text, history=HERE / "HISTORY.md" if out == HERE / "RESULTS.md" else None)
     print("\n" + text + f"\n(bench took {found['minutes']:.1f} min; written to {out})")

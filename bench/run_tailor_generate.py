@@ -35,8 +35,10 @@ def main() -> None:
 
     once()  # warm-up
     best_n, best = min((once() for _ in range(a.reps)), key=lambda r: r[1])
-    print(json.dumps({"tool": "tailor", "dtype": a.dtype, "flags": " ".join(extra), "new_tokens": best_n,
-                      "seconds": best, "tokens_per_s": best_n / best}))
+    forward = loaded.engine.backend
+    plan = getattr(getattr(forward, "plan", None), "name", None) or a.dtype  # what --dtype auto measured
+    print(json.dumps({"tool": "tailor", "dtype": a.dtype, "plan": plan, "precision": getattr(forward, "precision", None),
+                      "flags": " ".join(extra), "new_tokens": best_n, "seconds": best, "tokens_per_s": best_n / best}))
 
 
 def engine_options(flags: list[str]) -> dict:

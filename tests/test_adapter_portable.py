@@ -191,6 +191,7 @@ def test_real_default_adapter_records_stable_name_and_loads(tmp_path, monkeypatc
     shutil.copytree(final, copied)
     monkeypatch.chdir(tmp_path)
     by_ref = models.load(str(copied), dtype="float32", device="cpu")[0]
-    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(models.local_folder(ref))),
-                                      str(copied)).eval()
+    # the cached default is stored in bf16 (models._storage_dtype): compare both in fp32
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(models.local_folder(ref)),
+                                                                           dtype=torch.float32), str(copied)).eval()
     torch.testing.assert_close(_logits(plain, ids), _logits(by_ref, ids), atol=1e-5, rtol=0)

@@ -21,3 +21,14 @@ def test_subcommand_helps_print(capsys):
             main(argv)
         assert exit_.value.code == 0, argv
         assert "usage: " in capsys.readouterr().out
+
+
+def test_openmp_threads_spin_only_for_terminal_decoding():
+    """generate and chat decode one sequence in the main thread: their OpenMP threads spin between
+    the many small parallel regions; everything else (training, serving) keeps them asleep."""
+    from tailor.cli import omp_wait_policy
+
+    assert omp_wait_policy(["generate", "hello"]) == "ACTIVE"
+    assert omp_wait_policy(["chat", "--model", "x"]) == "ACTIVE"
+    assert omp_wait_policy(["serve"]) == omp_wait_policy(["train", "cfg.yaml"]) == "PASSIVE"
+    assert omp_wait_policy([]) == "PASSIVE"

@@ -179,3 +179,20 @@ def test_generate_quantize_int8_answers_and_refuses_what_it_cannot_do(tmp_path, 
     assert main(argv + ["--quantize", "int8"]) == 1
     err = capsys.readouterr().err
     assert "--quantize int8" in err and "gpt2" in err and "Traceback" not in err
+
+
+def test_a_packed_projection_is_refused_not_left_in_float():
+    """A bf16 Dense packed for oneDNN keeps no plain weight: quantizing it says so instead of
+    skipping it (a forward made for int8 is built unpacked)."""
+    from tailor.infer.llama import Dense, _onednn_ok
+    from tailor.infer.quant import quantize_layers
+
+    if not _onednn_ok():
+        pytest.skip("this CPU has no fast bf16: nothing is packed")
+    layer = type("L", (), {})()
+    layer.qkv = Dense(torch.randn(32, 16).bfloat16())
+    assert layer.qkv.weight is None and layer.qkv.packed is not None
+    with pytest.raises(ValueError, match="pack=False"):
+        quantize_layers([layer])
+    layer.qkv = Dense(torch.randn(32, 16).bfloat16(), pack=False)
+    assert quantize_layers([layer]) == 1

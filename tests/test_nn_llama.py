@@ -94,7 +94,7 @@ def test_eval_samples_use_the_compute_dtype(lively):
     from tailor.train.generate import engine_forward
 
     forward, _ = engine_forward(_load(lively, "lora"), 32, torch.bfloat16)
-    assert forward.dtype == torch.bfloat16 and forward.layers[0].qkv.weight.dtype == torch.bfloat16
+    assert forward.dtype == torch.bfloat16 and forward.layers[0].qkv.dtype == torch.bfloat16
     assert forward.layers[0].lora[1]["qkv"][0].dtype == torch.bfloat16
 
 

@@ -79,19 +79,37 @@ def test_fit_changes_the_config_and_says_so(tiny_model_dir, monkeypatch):
     assert "batch_size 8 -> 1" in said[0] and "grad_accum 1 -> 8" in said[0] and "checkpointing" in said[0]
 
 
-def test_fit_leaves_a_fitting_run_and_cpu_runs_alone(tiny_model_dir, monkeypatch):
+def test_fit_leaves_a_fitting_run_alone(tiny_model_dir, monkeypatch):
     cfg = TrainConfig(data="x", model=str(tiny_model_dir))
     monkeypatch.setattr(memory, "device_memory", lambda device: (16 * GIB, 16 * GIB))
     said = []
     assert memory.fit(cfg, _cuda_precision(), said.append) is cfg
     assert said[0].startswith("memory: about")
+    mps = Precision(compute=torch.float32, master=torch.float32, device="mps")
+    assert memory.fit(cfg, mps, said.append) is cfg and len(said) == 1  # not planned there
 
-    def no_gpu(device):
-        raise AssertionError("asked a CPU run's GPU memory")
 
-    monkeypatch.setattr(memory, "device_memory", no_gpu)
-    cpu = Precision(compute=torch.float32, master=torch.float32, device="cpu")
-    assert memory.fit(cfg, cpu, said.append) is cfg
+def test_a_cpu_run_is_planned_against_available_ram_or_its_budget(tiny_model_dir, monkeypatch):
+    """On a CPU the budget is the RAM available (or --memory-budget-gb, whichever is less): a run
+    that would not fit gets gradient checkpointing and a smaller micro-batch, as on a GPU."""
+    asked = []
+    monkeypatch.setattr(memory, "device_memory", lambda device: asked.append(device) or (16 * GIB, 32 * GIB))
+    cpu = Precision(compute=torch.bfloat16, master=torch.float32, device="cpu")
+    cfg = TrainConfig(data="x", model=str(tiny_model_dir), batch_size=8, max_length=4096)
+    said = []
+    assert memory.fit(cfg, cpu, said.append) is cfg and asked == ["cpu"]
+    assert "of RAM available" in said[0]
+    shape = memory.shape_of(cfg)
+    need = estimate(shape, Run(method="lora", qlora=False, compute_bytes=2, rows=1, max_length=4096, grad_accum=8,
+                               checkpointing=True))
+    tight = TrainConfig(data="x", model=str(tiny_model_dir), batch_size=8, max_length=4096,
+                        memory_budget_gb=need / GIB * 1.01)
+    new = memory.fit(tight, cpu, said.append)
+    assert (new.batch_size, new.grad_accum, new.gradient_checkpointing) == (1, 8, True)
+    assert "budget" in said[-1] and "gradient checkpointing on" in said[-1]
+    with pytest.raises(TailorError) as err:
+        memory.fit(TrainConfig(data="x", model=str(tiny_model_dir), memory_budget_gb=0.0001), cpu, said.append)
+    assert "GiB of RAM" in str(err.value)
 
 
 def test_out_of_memory_mid_run_saves_a_checkpoint_and_names_the_resume(tmp_path, tiny_model_dir, monkeypatch):

@@ -1,5 +1,7 @@
 """Training pieces on hand-made inputs: batching order, packing, the chunked loss, the schedule."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -148,3 +150,35 @@ def test_schedule_shapes():
     lin = [lr_factor(s, total=total, warmup=0, schedule="linear", min_ratio=0.1) for s in range(total)]
     assert lin[0] == 1.0 and lin[-1] == pytest.approx(0.1 + 0.9 / 100, abs=1e-9)
     assert {lr_factor(s, total=total, warmup=0, schedule="constant") for s in range(total)} == {1.0}
+
+
+def test_fused_adamw_takes_the_steps_the_plain_loop_takes():
+    """The training optimizer is torch's fused AdamW where it applies; after several steps on the
+    same gradients its weights equal the plain per-tensor loop's to fp32 rounding, decay groups
+    included, and it is not used for what it cannot take."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from tailor.train.session import _optimizer, fusable
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 8))
+    plain_model, start = copy.deepcopy(model), copy.deepcopy(model)
+    cfg = SimpleNamespace(lr=1e-2, weight_decay=0.1)
+    fused = _optimizer(model, cfg)
+    assert fused.defaults["fused"] is True and len(fused.param_groups) == 2
+    plain = torch.optim.AdamW([{"params": [p for p in plain_model.parameters() if p.ndim >= 2], "weight_decay": 0.1},
+                               {"params": [p for p in plain_model.parameters() if p.ndim < 2], "weight_decay": 0.0}],
+                              lr=1e-2, betas=(0.9, 0.999), eps=1e-8, foreach=False)
+    for step in range(5):
+        x = torch.randn(4, 16, generator=torch.Generator().manual_seed(step))
+        for m, opt in ((model, fused), (plain_model, plain)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert (model[0].weight - start[0].weight).abs().max() > 1e-3  # five steps moved the weights
+    assert not fusable([torch.nn.Parameter(torch.zeros(2, dtype=torch.int32), requires_grad=False)])
+    assert not fusable([])

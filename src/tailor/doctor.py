@@ -94,13 +94,9 @@ def _works(device: str, dtype) -> bool:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from tailor import cpu as cpu_info
+
+    return cpu_info.name()
 
 
 def cpu() -> dict:
@@ -108,21 +104,19 @@ def cpu() -> dict:
 
     flags = _cpu_flags()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return {"name": _cpu_name(), "cores": cores, "torch_threads": torch.get_num_threads(),
+    from tailor import cpu as cpu_info
+
+    return {"name": _cpu_name(), "kind": cpu_info.kind(), "cores": cores, "torch_threads": torch.get_num_threads(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "capability": torch.backends.cpu.get_cpu_capability(),
             "flags": {f: f in flags for f in CPU_FLAGS} if flags is not None else None,
             "fast_bf16": bool(flags and ("amx_bf16" in flags or "avx512_bf16" in flags))}
 
 
-def _cpu_flags() -> set[str] | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
+def _cpu_flags() -> frozenset[str] | None:
+    from tailor import cpu as cpu_info
+
+    return cpu_info.flags()
 
 
 def speed(device: str, dtype_name: str, budget_s: float) -> dict:

@@ -22,7 +22,6 @@ import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -148,7 +147,10 @@ def _pinned_default(text: str) -> Path:
 
 # Bumped when the conversion itself changes, so caches made by an older tailor are redone.
 # 2: the SmolLM pre-tokenizer (digits split before byte-level BPE), see _fix_pre_tokenizer.
-_CONVERSION_VERSION = 2
+# 3: a quantized GGUF's weights are stored in bf16, not fp32 (see _storage_dtype).
+_CONVERSION_VERSION = 3
+# GGUF general.file_type values whose tensors are wider than bf16: their conversion stays fp32
+_FLOAT_FILE_TYPES = {0: "F32", 1: "F16"}
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
@@ -181,8 +183,8 @@ def convert_gguf(gguf: Path) -> Path:
     config = gmodel.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(gmodel.state_dict())
+    fresh = AutoModelForCausalLM.from_config(config, dtype=_storage_dtype(gguf))
+    fresh.load_state_dict(gmodel.state_dict())  # copied into fresh's dtype
     fresh.generation_config = gmodel.generation_config
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -197,6 +199,23 @@ def convert_gguf(gguf: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _storage_dtype(gguf: Path):
+    """The dtype a conversion is saved in: bf16 for a quantized (or bf16) GGUF, fp32 for F32 and F16.
+
+    A quantized weight dequantises to scale x code + offset, computed in fp32, whose low bits are
+    far below the quantisation's own error (Q4_1: ~1/30 of a block's range; bf16 rounds at 1/256
+    of a value): bf16 keeps what the file knows at half fp32's size, so loading for bf16 compute
+    (serving, LoRA's frozen base) reads half the bytes and makes no fp32 copy, and fp32 master
+    weights (full fine-tuning) upcast it exactly. F16 and F32 files keep every bit in fp32."""
+    import torch
+
+    try:
+        file_type = gguf_header.field(gguf, "general.file_type")
+    except (OSError, ValueError):
+        file_type = None
+    return torch.float32 if file_type is None or file_type in _FLOAT_FILE_TYPES else torch.bfloat16
 
 
 def _fix_pre_tokenizer(tok, gguf: Path) -> None:
@@ -349,14 +368,11 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16: the CPU runs bf16 matmuls natively (several times fp32's speed)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    from tailor import cpu
+
+    return cpu.has_fast_bf16()
 
 
 def pick_dtype(name: str = "auto", device: str = "cpu"):

@@ -35,7 +35,8 @@ class ServeConfig:
     api_keys: str | None = None
     """A file of 'KEY NAME' lines, one project per key (with or besides --api-key)."""
     dtype: str = "auto"
-    """auto (bf16 where the hardware is fast at it, fp16 on a CUDA GPU without bf16, else fp32), float32, bfloat16 or float16."""
+    """auto (on a CPU: the decode precision measured fastest on this CPU at first load, cached in $TAILOR_HOME/autotune
+    and never slower than fp32 at batch 1; on a GPU: bf16, or fp16 without bf16), float32, bfloat16 or float16 (that dtype throughout)."""
     max_batch: int = 16
     """Most sequences decoded together per base model; more concurrent requests wait their turn."""
     max_queue: int = 256
@@ -158,7 +159,9 @@ def run(args) -> int:
                      graders_options=graders_options(cfg), metrics_route=cfg.metrics_port is None)
     for m in registry.models.values():
         rag = f", index {m.retriever.name!r}: top {m.retriever.k} chunks" if m.retriever else ""
-        print(f"serving {m.id!r} (context {m.max_len} tokens{rag})", file=sys.stderr)
+        decode = getattr(m.engine.backend, "precision", None)
+        decode = f", decode: {decode}" if decode else ""
+        print(f"serving {m.id!r} (context {m.max_len} tokens{decode}{rag})", file=sys.stderr)
     if len(api_keys.projects) > 1:  # names only: a key is never printed
         print(f"projects (one per API key): {', '.join(api_keys.projects)}", file=sys.stderr)
     print(f"OpenAI-compatible API at http://{cfg.host}:{cfg.port}/v1", file=sys.stderr)

@@ -25,7 +25,8 @@ class TalkConfig:
     seed: int | None = None
     """Random seed for sampling (same seed, same answer)."""
     dtype: str = "auto"
-    """auto (bf16 where the hardware is fast at it, fp16 on a CUDA GPU without bf16, else fp32), float32, bfloat16 or float16."""
+    """auto (on a CPU: the decode precision measured fastest on this CPU at first load, cached in $TAILOR_HOME/autotune
+    and never slower than fp32 at batch 1; on a GPU: bf16, or fp16 without bf16), float32, bfloat16 or float16 (that dtype throughout)."""
     chat_template: str | None = None
     """For a model without a chat template: chatml (default), llama3, alpaca, or a .jinja file."""
     quantize: Literal["int8"] | None = None
@@ -37,11 +38,16 @@ class TalkConfig:
 
 def load_for_talk(cfg: TalkConfig):
     """(loaded, warning): the model on tailor's engine (infer.loading.Loaded)."""
+    import logging
+
     from transformers.utils import logging as hf_logging
 
     from tailor.infer.loading import load_engine
 
     hf_logging.disable_progress_bar()
+    # the first load on a CPU measures its decode precision for a few seconds: say so, and what won
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("tailor.infer.autotune").setLevel(logging.INFO)
     loaded = load_engine(cfg.model, dtype=cfg.dtype, max_batch=1, chat_template=cfg.chat_template,
                          quantize=cfg.quantize)
     return loaded, loaded.warning

@@ -31,15 +31,26 @@ supports = llama.supports  # whether this forward covers a config: infer.loading
 
 class Dense:
     """A weight (and bias) for F.linear. On a CPU running bf16, the weight is also packed once
-    into oneDNN's blocked layout, which uses AMX and runs about twice as fast at decode sizes."""
+    into oneDNN's blocked layout (`pack`), which runs about twice as fast at decode sizes on
+    AVX512-BF16. `single`: the same weight in a second dtype (fp32), applied to inputs of that
+    dtype: the engine runs one-row steps in it where the CPU's bf16 matrix-vector product is
+    slower than fp32's (measured by tailor.infer.autotune; Intel AMX at batch 1)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, pack: bool = True,
+                 single: tuple[torch.Tensor, torch.Tensor | None] | None = None):
         self.weight, self.bias = weight.contiguous(), bias
+        self.dtype, self.shape = weight.dtype, tuple(weight.shape)
         self.packed = None
-        if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and _onednn_ok():
+        if pack and weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and _onednn_ok():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, 1)
+            self.weight = None  # the packed copy is the weight now: half the memory (no int8 from it)
+        self.single = None  # (weight, bias) in the other dtype
+        if single is not None and single[0].dtype != weight.dtype:
+            self.single = (single[0].contiguous(), single[1])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.single is not None and x.dtype == self.single[0].dtype:
+            return F.linear(x, *self.single)
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
@@ -74,41 +85,72 @@ class LlamaForward:
 
     lora_capable = True
 
-    def __init__(self, model, max_len: int, dtype: torch.dtype | None = None):
+    def __init__(self, model, max_len: int, dtype: torch.dtype | None = None, *, residual: torch.dtype | None = None,
+                 single: torch.dtype | None = None, pack: bool = True):
         """`model`: an HF causal LM (its linear layers may be PEFT-wrapped: their base weights are
-        used, adapters come through add_lora); `dtype`: the weights' copy, default their own."""
+        used, adapters come through add_lora); `dtype`: the matmul weights' copy, default their
+        own; `residual`: the residual stream's, rotary's, the KV cache's and attention's dtype,
+        default `single` or `dtype`; `single`: a second weight copy in this dtype for steps of one
+        row (batch-1 decode), whose matmuls then run in it; `pack`: bf16 weights in oneDNN's
+        layout. tailor.infer.autotune picks these per CPU."""
         inner = model.model
         self.device = inner.embed_tokens.weight.device
         self.dtype = dtype or inner.embed_tokens.weight.dtype
+        self.residual = residual or single or self.dtype
+        self.single, self.pack = single, pack
+        self.plan = None  # the autotune.Plan that made this forward, when one did
         self.dims = llama.Dims.of(model)
-        self.prec = llama.Precision(compute=self.dtype, residual=self.dtype)
+        self.prec = llama.Precision(compute=self.dtype, residual=self.residual)
+        self.prec_one = llama.Precision(compute=single, residual=self.residual) if single else self.prec
+        self.lora_dtype = self.residual if single else self.dtype
         self.vocab_size = model.config.vocab_size
         self.max_len = max_len
-        self.embed = self._t(inner.embed_tokens.weight)
-        self.norm = self._t(inner.norm.weight)
-        self.lm_head = Dense(self._t(model.lm_head.weight))
+        self.embed = self._r(inner.embed_tokens.weight)
+        self.norm = self._r(inner.norm.weight)
+        self.lm_head = self._make_dense(model.lm_head.weight, None)
         self.layers = [self._layer(layer) for layer in inner.layers]
         # each HF module's output size, for the zero blocks of a fused LoRA
         self.outs = {n: _module(inner.layers[0], n).out_features for parts in FUSED.values() for n in parts}
-        self.cos, self.sin = llama.rope_tables(inner.rotary_emb, max_len, self.device, self.dtype)
-        self.cache = KVCache(len(self.layers), self.dims.n_kv, self.dims.head_dim, max_len, self.dtype, self.device)
+        self.cos, self.sin = llama.rope_tables(inner.rotary_emb, max_len, self.device, self.residual)
+        self.cache = KVCache(len(self.layers), self.dims.n_kv, self.dims.head_dim, max_len, self.residual,
+                             self.device)
 
-    def _t(self, t):
-        return t.detach().to(self.dtype)
+    def _r(self, t):
+        """A tensor of the residual stream's side (embeddings, norm weights) in its dtype."""
+        return t.detach().to(self.residual)
+
+    def _make_dense(self, w, bias) -> Dense:
+        """A Dense over the model's weight `w` (and bias), each copy cast from the model's values."""
+        def cast(t, dtype):
+            return None if t is None else t.detach().to(dtype)
+
+        single = (cast(w, self.single), cast(bias, self.single)) if self.single else None
+        return Dense(cast(w, self.dtype), cast(bias, self.dtype), pack=self.pack, single=single)
 
     def _dense(self, mods) -> Dense:
         """One Dense over the HF linears `mods` (PEFT-wrapped or not), concatenated by rows."""
         mods = [getattr(m, "base_layer", m) for m in mods]
-        w = _joined([self._t(m.weight) for m in mods])
+        w = _joined([m.weight.detach() for m in mods])
         bias = None
         if any(m.bias is not None for m in mods):
-            bias = torch.cat([self._t(m.bias) if m.bias is not None else w.new_zeros(m.weight.shape[0])
+            bias = torch.cat([m.bias.detach() if m.bias is not None else w.new_zeros(m.weight.shape[0])
                               for m in mods], 0)
-        return Dense(w, bias)
+        return self._make_dense(w, bias)
 
     def _layer(self, layer) -> Layer:
-        return Layer(ln1=self._t(layer.input_layernorm.weight), ln2=self._t(layer.post_attention_layernorm.weight),
+        return Layer(ln1=self._r(layer.input_layernorm.weight), ln2=self._r(layer.post_attention_layernorm.weight),
                      **{name: self._dense([_module(layer, p) for p in parts]) for name, parts in FUSED.items()})
+
+    @property
+    def precision(self) -> str:
+        """The weights' dtype(s) and the residual's, in words (logged, shown by `tailor serve`)."""
+        name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+        kind = next((type(layer.qkv).__name__ for layer in self.layers[:1]), "Dense")  # Int8Dense once quantized
+        weights = "int8" if kind == "Int8Dense" else name.get(self.dtype, str(self.dtype))
+        if self.single:
+            return f"{name.get(self.single)} for one sequence, {weights} matmuls for more; {name.get(self.residual)} residual"
+        packed = " (oneDNN-packed)" if weights == "bf16" and self.pack and _onednn_ok() else ""
+        return f"{weights} matmuls{packed}, {name.get(self.residual, str(self.residual))} residual"
 
     # -- LoRA -------------------------------------------------------------------------------
 
@@ -126,7 +168,7 @@ class LlamaForward:
     def _fuse_lora(self, i, parts, weights):
         """One (A, B) pair for a fused projection, as training fuses it (tailor.nn.llama)."""
         pairs = [weights.get((i, p)) for p in parts]
-        pairs = [None if ab is None else tuple(t.to(self.device, self.dtype) for t in ab) for ab in pairs]
+        pairs = [None if ab is None else tuple(t.to(self.device, self.lora_dtype) for t in ab) for ab in pairs]
         return llama.stack_lora(pairs, [self.outs[p] for p in parts])
 
     def release(self, slot: int) -> None:
@@ -143,13 +185,18 @@ class LlamaForward:
     # the qkv buffer, residuals add in place, and decode attends with SDPA (a bf16 bmm on these
     # shapes is ~10x slower than its fused single-query kernel).
 
+    def _prec(self, rows: int) -> llama.Precision:
+        return self.prec_one if rows == 1 else self.prec
+
     def _logits(self, x):
-        return self.lm_head(llama.rms_norm(x, self.norm, self.dims.eps, self.dtype)).float()
+        compute = self._prec(x.shape[0]).compute
+        return self.lm_head(llama.rms_norm(x, self.norm, self.dims.eps, compute)).float()
 
     def _run(self, x, rope, groups, attend):
         ops = _ServeOps(self.layers, groups, attend)
+        prec = self._prec(x.shape[0] * x.shape[1])
         for i, layer in enumerate(self.layers):
-            x = llama.block(x, i, layer, self.dims, rope, self.prec, ops)
+            x = llama.block(x, i, layer, self.dims, rope, prec, ops)
         return x
 
     @torch.inference_mode()
@@ -194,16 +241,20 @@ class LlamaForward:
     def _decode_core(self, tok, pos, slot_t, length: int, groups, contiguous: bool, mask) -> torch.Tensor:
         """The decode forward on device tensors only: no host reads, no syncs."""
         b = tok.shape[0]
-        gqa = self.dims.n_kv != self.dims.n_heads
+        n_kv, head_dim = self.dims.n_kv, self.dims.head_dim
+        group = self.dims.n_heads // n_kv
 
         def attend(i, q, k, v):  # [b, 1, heads, hd]
             cache = self.cache.kv[i]
             cache[0][slot_t, :, pos] = k[:, 0]
             cache[1][slot_t, :, pos] = v[:, 0]
             both = cache[:, :b, :, :length] if contiguous else cache[:, slot_t, :, :length]
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), both[0], both[1], attn_mask=mask,
-                                                 scale=self.dims.scaling, enable_gqa=gqa)
-            return out.transpose(1, 2)
+            # One query position: the heads that share a kv head become that head's query rows
+            # ([b, kv, group, hd]), which is grouped-query attention exactly, with no key copies.
+            # CPU SDPA's single-row kernel is slow in bf16 (4-6x fp32's); with rows it is not.
+            out = F.scaled_dot_product_attention(q.view(b, n_kv, group, head_dim), both[0], both[1],
+                                                 attn_mask=mask, scale=self.dims.scaling)
+            return out.view(b, 1, n_kv * group, head_dim)
 
         rope = self.cos[pos][:, None, None], self.sin[pos][:, None, None]
         return self._logits(self._run(self.embed[tok][:, None], rope, groups, attend)[:, 0])
@@ -224,7 +275,8 @@ class _ServeOps:
             ab = layer.lora.get(adapter, {}).get(name)
             if ab is not None:
                 x = h.reshape(-1, h.shape[-1]) if rows is None else h.reshape(-1, h.shape[-1]).index_select(0, rows)
-                out = llama.add_lora(out, F.linear(x, ab[0]), ab[1], rows)
+                a = ab[0]
+                out = llama.add_lora(out, F.linear(x if x.dtype == a.dtype else x.to(a.dtype), a), ab[1], rows)
         return out
 
 

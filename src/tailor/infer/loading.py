@@ -87,17 +87,57 @@ def context_length(config, max_len: int | None = None) -> int:
 QUANTIZE = ("int8",)
 
 
-def make_backend(model, max_len: int, quantize: str | None = None):
-    """The fast Llama-family forward when it applies, else the HF model itself. `quantize='int8'`
-    re-lays the forward's projection and output weights out as int8 (tailor.infer.quant): opt-in,
-    because it changes the numerics (measured in bench/RESULTS.md)."""
+def engine_precision(folder: Path, dtype: str, device: str | None, quantize: str | None):
+    """(the dtype to load the HF model in, the fast forward's autotune.Plan or None). With
+    `dtype` auto on a CPU, for a model the fast forward covers, the plan is measured on this CPU
+    (once, then cached: tailor.infer.autotune); otherwise the dtype is as given (or
+    models.pick_dtype's) and the forward is in it throughout."""
+    from transformers import AutoConfig
+
+    from tailor import models
+    from tailor.infer import autotune
+    from tailor.infer.llama import supports
+
+    _check_quantize(quantize)
+    if dtype != "auto" or models.pick_device(device) != "cpu":
+        return dtype, None
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+    except Exception as exc:
+        raise TailorError(f"Could not read the model config in {folder}: {exc}") from exc
+    if not supports(config):
+        return dtype, None
+    plan = autotune.choose(config, quantize=quantize).plan
+    return _no_wider_than_stored(plan.load_dtype, config), plan
+
+
+def _no_wider_than_stored(load_dtype: str, config) -> str:
+    """Weights stored in bf16 (the default model's cache) load as bf16 even for a plan that runs
+    parts in fp32: the forward's fp32 copies upcast them exactly, and loading bf16 files as fp32
+    peaked at 1.16 GB against 0.42 GB for SmolLM2 (a converted fp32 state dict beside the file)."""
+    stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").replace("torch.", "")
+    return "bfloat16" if stored == "bfloat16" and load_dtype == "float32" else load_dtype
+
+
+def _check_quantize(quantize: str | None) -> None:
+    if quantize is not None and quantize not in QUANTIZE:
+        raise TailorError(f"--quantize {quantize}: unknown; the choice is {', '.join(QUANTIZE)} (or leave it out).")
+
+
+def make_backend(model, max_len: int, quantize: str | None = None, plan=None):
+    """The fast Llama-family forward when it applies, else the HF model itself. `plan` (an
+    autotune.Plan, from engine_precision) sets the forward's precision; without one the forward
+    runs in the model's dtype. `quantize='int8'` re-lays the forward's projection and output
+    weights out as int8 (tailor.infer.quant): opt-in, because it changes the numerics (measured
+    in bench/RESULTS.md)."""
     from tailor.infer.hf_backend import HFForward
     from tailor.infer.llama import LlamaForward, supports
 
-    if quantize is not None and quantize not in QUANTIZE:
-        raise TailorError(f"--quantize {quantize}: unknown; the choice is {', '.join(QUANTIZE)} (or leave it out).")
+    _check_quantize(quantize)
     if supports(model.config):
-        forward = LlamaForward(model, max_len)
+        if plan is not None:
+            return plan.forward(model, max_len)
+        forward = LlamaForward(model, max_len, pack=quantize is None)  # int8 is made from the plain weights
         if quantize == "int8":
             from tailor.infer.quant import quantize_forward
 
@@ -107,6 +147,17 @@ def make_backend(model, max_len: int, quantize: str | None = None):
         raise TailorError(f"--quantize {quantize} needs tailor's Llama-family forward, and a "
                           f"{model.config.model_type} model runs on the Hugging Face fallback; leave --quantize out.")
     return HFForward(model, max_len)
+
+
+def release_hf_weights(model, backend) -> None:
+    """Free the HF model's weights once a fast forward holds its own copies (a second copy of the
+    model otherwise, twice it when loaded in fp32 for a bf16 or fp16 forward). The model object
+    stays, on the meta device: its config, generation config and table sizes still answer. A
+    backend that is the HF model (HFForward) keeps it."""
+    from tailor.infer.llama import LlamaForward
+
+    if isinstance(backend, LlamaForward):
+        model.to("meta")
 
 
 def read_lora(folder: Path) -> LoraWeights | None:
@@ -184,27 +235,35 @@ def load_engine(ref, *, dtype: str = "auto", device: str | None = None, max_batc
     warning = ensure_chat_template(tokenizer, chat_template)
     if src.kind != "adapter":
         folder = models.local_folder(ref)
-        model = load_hf_model(folder, dtype, device)
+        load_dtype, plan = engine_precision(folder, dtype, device, quantize)
+        model = load_hf_model(folder, load_dtype, device)
         fit_embeddings(model, tokenizer)
-        backend = make_backend(model, context_length(model.config, max_len), quantize)
+        backend = make_backend(model, context_length(model.config, max_len), quantize, plan)
+        release_hf_weights(model, backend)
         return Loaded(Engine(backend, tokenizer, max_batch), tokenizer, 0,
                       stop_ids(tokenizer, [folder], model), warning)
     base = models.local_folder(models.adapter_base(src.path))
-    backend, adapter, model = adapter_backend(src.path, base, tokenizer, dtype, device, max_len, quantize)
+    precision = engine_precision(base, dtype, device, quantize)
+    backend, adapter, model = adapter_backend(src.path, base, tokenizer, precision, device, max_len, quantize)
     return Loaded(Engine(backend, tokenizer, max_batch), tokenizer, adapter,
                   stop_ids(tokenizer, [src.path, base], model), warning)
 
 
-def adapter_backend(adapter: Path, base: Path, tokenizer, dtype, device, max_len, quantize=None):
+def adapter_backend(adapter: Path, base: Path, tokenizer, precision, device, max_len, quantize=None):
     """(backend, adapter id, model) for an adapter served alone: LoRA kept separate (id 1) when
-    it is plain and the fast path applies, else merged into the base (id 0)."""
+    it is plain and the fast path applies, else merged into the base (id 0). `precision`:
+    engine_precision's (load dtype, plan)."""
+    load_dtype, plan = precision
     lora = read_lora(adapter)
     if lora is not None:
-        model = load_hf_model(base, dtype, device)
+        model = load_hf_model(base, load_dtype, device)
         fit_embeddings(model, tokenizer)
-        backend = make_backend(model, context_length(model.config, max_len), quantize)
+        backend = make_backend(model, context_length(model.config, max_len), quantize, plan)
         if hasattr(backend, "lora_capable"):
             backend.add_lora(1, lora.pairs)
+            release_hf_weights(model, backend)
             return backend, 1, model
-    model = merged_adapter_model(adapter, base, tokenizer, dtype, device)
-    return make_backend(model, context_length(model.config, max_len), quantize), 0, model
+    model = merged_adapter_model(adapter, base, tokenizer, load_dtype, device)
+    backend = make_backend(model, context_length(model.config, max_len), quantize, plan)
+    release_hf_weights(model, backend)
+    return backend, 0, model

@@ -94,14 +94,22 @@ def quantize_dense(dense_or_weight, bias: torch.Tensor | None = None) -> Int8Den
         return dense_or_weight
     if isinstance(dense_or_weight, torch.Tensor):
         return Int8Dense(dense_or_weight, bias)
+    if _is_packed(dense_or_weight):
+        raise ValueError("a oneDNN-packed projection keeps no plain weight to quantize; build the forward "
+                         "with pack=False (infer.loading.make_backend does when asked for int8)")
     return Int8Dense(dense_or_weight.weight, dense_or_weight.bias if bias is None else bias)
 
 
 def _is_dense(value) -> bool:
-    """A float projection: a callable holding a 2-D float `.weight` (Dense, not a tensor)."""
+    """A float projection: a callable holding a 2-D float `.weight` (Dense, not a tensor), or a
+    packed one (which quantize_dense refuses rather than one left in float unnoticed)."""
     w = getattr(value, "weight", None)
-    return (callable(value) and not isinstance(value, (torch.Tensor, Int8Dense)) and isinstance(w, torch.Tensor)
-            and w.dim() == 2 and w.is_floating_point())
+    return (callable(value) and not isinstance(value, (torch.Tensor, Int8Dense))
+            and (_is_packed(value) or (isinstance(w, torch.Tensor) and w.dim() == 2 and w.is_floating_point())))
+
+
+def _is_packed(value) -> bool:
+    return getattr(value, "packed", None) is not None and getattr(value, "weight", None) is None
 
 
 def quantize_layers(layers, names: tuple[str, ...] | None = None) -> int:

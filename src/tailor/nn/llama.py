@@ -89,14 +89,20 @@ def block(x, i: int, layer: LayerWeights, dims: Dims, rope, prec: Precision, ops
     b, t, _ = x.shape
     nh, nkv, hd = dims.n_heads, dims.n_kv, dims.head_dim
     h = rms_norm(x, layer.ln1, dims.eps, prec.compute)
-    qkv = ops.project(i, "qkv", h, lambda y: y.to(prec.residual))
+    qkv = ops.project(i, "qkv", h, lambda y: cast(y, prec.residual))
     qk, v = qkv.split([(nh + nkv) * hd, nkv * hd], -1)  # split, not slicing: its backward is one cat
     q, k = rotate(qk.unflatten(-1, (nh + nkv, hd)), *rope).split([nh, nkv], 2)
-    attn = ops.attend(i, q, k, v.unflatten(-1, (nkv, hd))).reshape(b, t, nh * hd).to(prec.compute)
+    attn = cast(ops.attend(i, q, k, v.unflatten(-1, (nkv, hd))).reshape(b, t, nh * hd), prec.compute)
     x = ops.project(i, "o", attn, lambda y: add(x, y))
     h = rms_norm(x, layer.ln2, dims.eps, prec.compute)
     act = swiglu(ops.project(i, "gate_up", h, None), prec.compute)
     return ops.project(i, "down", act, lambda y: add(x, y))
+
+
+def cast(t, dtype):
+    """t in `dtype`. A decode step makes ~20 casts per layer, most of them to the dtype t already
+    has: answering those here saves a torch dispatch (~1 us) each, ~0.5 ms a token."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def add(x, y):
@@ -108,8 +114,8 @@ def rms_norm(x, w, eps: float, dtype):
     """HF's RMSNorm, cast to `dtype`: normalised in fp32, rounded to x's dtype, scaled by the
     weight in x's dtype (so a bf16 engine matches HF's bf16 forward bit for bit)."""
     if x.dtype == torch.float32:  # the same numbers, one kernel
-        return F.rms_norm(x, (x.shape[-1],), w.float(), eps).to(dtype)
-    return (w.to(x.dtype) * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)).to(dtype)
+        return cast(F.rms_norm(x, (x.shape[-1],), cast(w, torch.float32), eps), dtype)
+    return cast(cast(w, x.dtype) * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype), dtype)
 
 
 def rope_tables(rotary_emb, length: int, device, dtype):
@@ -143,7 +149,7 @@ def swiglu(gate_up, dtype):
     if torch.is_grad_enabled() and gate_up.requires_grad:
         return _SwiGLU.apply(gate_up, dtype)
     gate, up = gate_up.chunk(2, -1)
-    return F.silu(gate).mul_(up).to(dtype)
+    return cast(F.silu(gate).mul_(up), dtype)
 
 
 class _SwiGLU(torch.autograd.Function):

@@ -276,8 +276,9 @@ class Registry:
                 return ServedModel(model_id, base.engine, tokenizer, adapter_id,
                                    loading.stop_ids(tokenizer, stops, base.model), warning=warning)
         log.warning("%s: adapter is not a plain LoRA; serving it merged into its own copy of the base", model_id)
-        model = loading.merged_adapter_model(src.path, base_folder, tokenizer, opts["dtype"], opts["device"])
-        engine = self._engine(model, tokenizer, opts)
+        load_dtype, plan = self._precision(base_folder, opts)
+        model = loading.merged_adapter_model(src.path, base_folder, tokenizer, load_dtype, opts["device"])
+        engine = self._engine(model, tokenizer, opts, plan)
         return ServedModel(model_id, engine, tokenizer, 0, loading.stop_ids(tokenizer, stops, model), warning=warning)
 
     def _base(self, folder: Path, bases: dict, tokenizer, opts) -> _Base:
@@ -285,18 +286,27 @@ class Registry:
 
         key = Path(folder).resolve()
         if key not in bases:
-            model = loading.load_hf_model(key, opts["dtype"], opts["device"])
+            load_dtype, plan = self._precision(key, opts)
+            model = loading.load_hf_model(key, load_dtype, opts["device"])
             loading.fit_embeddings(model, tokenizer)  # the chatml fallback may have added tokens
-            bases[key] = _Base(self._engine(model, tokenizer, opts), model)
+            bases[key] = _Base(self._engine(model, tokenizer, opts, plan), model)
         loading.fit_embeddings(bases[key].model, tokenizer, shared=True)  # refuses ids past its table
         return bases[key]
 
-    def _engine(self, model, tokenizer, opts):
+    @staticmethod
+    def _precision(folder: Path, opts):
+        """(load dtype, plan) of an engine over the model in `folder` (infer.loading.engine_precision)."""
+        from tailor.infer import loading
+
+        return loading.engine_precision(folder, opts["dtype"], opts["device"], opts.get("quantize"))
+
+    def _engine(self, model, tokenizer, opts, plan=None):
         from tailor.infer import loading
         from tailor.infer.engine import Engine
 
         backend = loading.make_backend(model, loading.context_length(model.config, opts["max_len"]),
-                                       opts.get("quantize"))
+                                       opts.get("quantize"), plan)
+        loading.release_hf_weights(model, backend)
         engine = Engine(backend, tokenizer, opts["max_batch"], opts.get("max_queue"), opts.get("max_share", 1.0))
         self.engines.append(engine)
         return engine
@@ -315,16 +325,9 @@ def _weights_bytes(ref: str) -> int:
 
 
 def _available_bytes() -> int:
-    """MemAvailable from /proc/meminfo (the kernel's estimate of what can be used without
-    swapping); unbounded where there is no /proc."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
+    from tailor import cpu
+
+    return cpu.available_memory()
 
 
 def model_ids(refs: list[str], names: list[str] | None = None) -> list[str]:

@@ -155,6 +155,8 @@ class TrainConfig:
     """auto (bf16 where fast, fp16 with loss scaling on a CUDA GPU without bf16, else fp32; master weights fp32), float32, bfloat16 or float16."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
+    memory_budget_gb: float | None = None
+    """Most memory (GiB) the run may plan for (default: the GPU's free memory, or the RAM available on a CPU); a run estimated above it gets a smaller micro-batch (same global batch) and/or gradient checkpointing, said at the start."""
     compile: bool = False
     """torch.compile the model body (pays off only for long runs; first steps are slow)."""
     fused: bool = True

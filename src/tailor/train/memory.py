@@ -1,7 +1,9 @@
-"""Fit to memory: before a CUDA run loads its weights, estimate its peak GPU memory and, when it
-would not fit, pick a smaller micro-batch (more accumulation, the same global batch) and/or
-gradient checkpointing; refuse with the options when nothing fits, rather than run out of memory
-mid-run. The estimate is the plain sum below; bench/gpu_check.py compares it with a measured peak.
+"""Fit to memory: before a run loads its weights, estimate its peak memory and, when it would not
+fit, pick a smaller micro-batch (more accumulation, the same global batch) and/or gradient
+checkpointing; refuse with the options when nothing fits, rather than run out of memory mid-run.
+The budget: a CUDA GPU's free memory; on a CPU the RAM available (MemAvailable), or less with
+--memory-budget-gb (to leave room for a server beside the run). The estimate is the plain sum
+below; bench/gpu_check.py compares it with a measured peak on a GPU.
 
   weights      full: 4 B/param (fp32 master) + 2 B/param (autocast's bf16/fp16 copies);
                lora: the frozen base in the compute dtype; qlora: ~0.5 B per quantised weight
@@ -95,7 +97,7 @@ class Plan:
     changed: bool
 
 
-def plan(shape: Shape, run: Run, budget: int) -> Plan:
+def plan(shape: Shape, run: Run, budget: int, where: str = "GPU memory") -> Plan:
     """The first of: as asked; halve the micro-batch (doubling accumulation) while it stays busy;
     gradient checkpointing; then halve down to one row. Raises when even that does not fit."""
     for cand in _candidates(run):
@@ -104,7 +106,7 @@ def plan(shape: Shape, run: Run, budget: int) -> Plan:
             return Plan(run=cand, estimate=need, changed=cand != run)
     smallest = dataclasses.replace(run, rows=1, grad_accum=run.grad_accum * run.rows, checkpointing=True)
     raise TailorError(
-        f"This run needs about {estimate(shape, smallest) / GIB:.1f} GiB of GPU memory even with gradient "
+        f"This run needs about {estimate(shape, smallest) / GIB:.1f} GiB of {where} even with gradient "
         f"checkpointing and one example per micro-batch, and {budget / GIB:.1f} GiB is free. Options: "
         + ("--qlora (the base in 4-bit), " if run.method == "lora" and not run.qlora else "")
         + ("--method lora (or --qlora), " if run.method == "full" else "")
@@ -161,19 +163,27 @@ def shape_of(cfg) -> Shape:
 
 
 def device_memory(device: str) -> tuple[int, int]:
-    """(free, total) bytes of this GPU; tests fake it."""
+    """(free, total) bytes of this GPU, or of this machine's RAM for "cpu"; tests fake it."""
+    if device == "cpu":
+        from tailor import cpu
+
+        return cpu.available_memory(), cpu.total_memory()
     import torch
 
     return torch.cuda.mem_get_info(torch.device(device))
 
 
 def fit(cfg, prec, say) -> object:
-    """The config to train with on a CUDA device: `cfg`, or one with a smaller micro-batch
-    (batch_size or batch_tokens), more grad_accum and/or gradient checkpointing, said through
-    `say`. Other devices: `cfg` as it is (CPU memory is not planned)."""
-    if not prec.device.startswith("cuda"):
+    """The config to train with on a CUDA device or a CPU: `cfg`, or one with a smaller
+    micro-batch (batch_size or batch_tokens), more grad_accum and/or gradient checkpointing,
+    said through `say`. Other devices (MPS): `cfg` as it is."""
+    on_cpu = prec.device == "cpu"
+    if not (on_cpu or prec.device.startswith("cuda")):
         return cfg
     free, total = device_memory(prec.device)
+    budget = int(free * USABLE)
+    if cfg.memory_budget_gb is not None:
+        budget = min(budget, int(cfg.memory_budget_gb * GIB))
     rows = cfg.batch_tokens // cfg.max_length if cfg.batch_tokens else cfg.batch_size
     run = Run(method=cfg.method, qlora=cfg.qlora, compute_bytes=prec.compute.itemsize,
               rows=rows, max_length=cfg.max_length, grad_accum=cfg.grad_accum, checkpointing=cfg.gradient_checkpointing)
@@ -182,9 +192,10 @@ def fit(cfg, prec, say) -> object:
     except Exception as exc:  # an architecture the meta-device count cannot build: train as asked
         say(f"memory: no estimate for this model ({type(exc).__name__}: {exc}); training as configured")
         return cfg
-    chosen = plan(shape, run, int(free * USABLE))
+    chosen = plan(shape, run, budget, "RAM" if on_cpu else "GPU memory")
     head = (f"memory: about {chosen.estimate / GIB:.1f} GiB estimated peak, {free / GIB:.1f} of "
-            f"{total / GIB:.1f} GiB free on {prec.device}")
+            f"{total / GIB:.1f} GiB {'of RAM available' if on_cpu else 'free on ' + prec.device}"
+            + (f", budget {cfg.memory_budget_gb:g} GiB" if cfg.memory_budget_gb is not None else ""))
     if not chosen.changed:
         say(head)
         return cfg
