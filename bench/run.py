@@ -89,10 +89,11 @@ def write_data(quick: bool) -> dict:
     return files
 
 
-def bench_train(model: str, files: dict, configs: list[dict], rounds: int, found: dict) -> tuple[list[dict], dict]:
+def bench_train(model: dict, files: dict, configs: list[dict], rounds: int, found: dict) -> tuple[list[dict], dict]:
     """TRL then tailor per config and round; `found` (the run's figures so far: the peak and the
-    model's shape) gives each run's model FLOPs utilisation as it finishes."""
-    base = {shape: run_json("score.py", "--model", model, "--val", files[f"{shape}-val"])["val_loss"]
+    model's shape) gives each run's model FLOPs utilisation as it finishes. `model`: the folder
+    per method, as `tailor train --model default` picks it (see main)."""
+    base = {shape: run_json("score.py", "--model", model["lora"], "--val", files[f"{shape}-val"])["val_loss"]
             for shape in sorted({c["shape"] for c in configs})}
     print(f"base model held-out loss: {base}", flush=True)
     rows = []
@@ -101,7 +102,7 @@ def bench_train(model: str, files: dict, configs: list[dict], rounds: int, found
             if r >= c["rounds"]:
                 continue
             print(f"training {c['name']}, round {r + 1}/{min(rounds, c['rounds'])}", flush=True)
-            args = ["--model", model, "--data", files[f"{c['shape']}-train"], "--val", files[f"{c['shape']}-val"],
+            args = ["--model", model[c["method"]], "--data", files[f"{c['shape']}-train"], "--val", files[f"{c['shape']}-val"],
                     "--method", c["method"], "--steps", str(c["steps"]), "--batch-size", str(c["batch"]),
                     "--grad-accum", str(c["accum"]), "--lr", c["lr"], "--schedule", "constant",
                     "--max-length", str(c["max_length"])]
@@ -117,21 +118,21 @@ def bench_train(model: str, files: dict, configs: list[dict], rounds: int, found
     return rows, base
 
 
-def bench_dpo(model: str, configs: list[dict], rounds: int, quick: bool) -> list[dict]:
+def bench_dpo(model: dict, configs: list[dict], rounds: int, quick: bool) -> list[dict]:
     import dpo_data
 
     sizes = bench_plan.DPO_SIZES["quick" if quick else "full"]
     train, val, ref = WORK / "dpo-train.jsonl", WORK / "dpo-val.jsonl", WORK / "dpo-reference.json"
     dpo_data.write(str(train), n=sizes["train"], split="train")
     dpo_data.write(str(val), n=sizes["val"], split="val")
-    run_json("dpo_reference.py", "--model", model, "--val", str(val), "--out", str(ref))
+    run_json("dpo_reference.py", "--model", model["lora"], "--val", str(val), "--out", str(ref))
     rows = []
     for r in range(rounds):
         for c in configs:
             if r >= c["rounds"]:
                 continue
             print(f"DPO {c['name']}, round {r + 1}/{min(rounds, c['rounds'])}", flush=True)
-            args = ["--model", model, "--data", str(train), "--val", str(val), "--reference", str(ref),
+            args = ["--model", model[c["method"]], "--data", str(train), "--val", str(val), "--reference", str(ref),
                     "--method", c["method"], "--steps", str(c["steps"]), "--batch-size", str(c["batch"]),
                     "--grad-accum", str(c["accum"]), "--lr", c["lr"]]
             got = [run_json("peer_trl_dpo.py", *args, "--bf16"), run_json("run_tailor_dpo.py", *args)]
@@ -238,6 +239,9 @@ def main() -> None:
     from tailor import models
 
     model = str(models.local_folder(None))
+    # what `tailor train --model default` reads, given to both tools: the bf16 conversion for LoRA's
+    # frozen base, the exact fp32 one for full fine-tuning (models._storage_dtype says why)
+    by_method = {"lora": model, "full": str(models.local_folder(None, exact=True))}
     files = write_data(args.quick)
     print(bench_plan.describe(configs, parts, rounds, args.quick), flush=True)
     t0 = time.perf_counter()
@@ -252,12 +256,12 @@ def main() -> None:
                    "n_params": results.n_params(model), "model_shape": results.model_shape(model),
                    "mean_tokens": bench_plan.MEAN_TOKENS}
     if "train" in parts:
-        found["train"], found["base_loss"] = bench_train(model, files, configs, rounds, found)
+        found["train"], found["base_loss"] = bench_train(by_method, files, configs, rounds, found)
     if "demo" in parts:
         found["demo"] = run_json("demo_train.py")
     if "dpo" in parts:
         found["dpo_configs"] = bench_plan.dpo_configs(args.quick)
-        found["dpo"] = bench_dpo(model, found["dpo_configs"], rounds, args.quick)
+        found["dpo"] = bench_dpo(by_method, found["dpo_configs"], rounds, args.quick)
     if "grpo" in parts:
         found["grpo_configs"] = bench_plan.grpo_configs(args.quick)
         found["grpo"] = bench_grpo(model, found["grpo_configs"], rounds)

@@ -42,7 +42,7 @@ def fake_default(tmp_path, monkeypatch, tiny_model_dir):
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF")
 
-    def convert(path):
+    def convert(path, exact=False):
         target = models.tailor_home() / "models" / f"{Path(path).stem}-0123456789abcdef"
         if not target.exists():
             shutil.copytree(tiny_model_dir, target)

@@ -189,6 +189,41 @@ def test_q8_0_round_trip_top1_agrees(tmp_path):
     assert same / total >= 0.99, f"{same}/{total}"
 
 
+def test_full_fine_tuning_reads_a_quantized_gguf_exactly(tmp_path):
+    """A quantized GGUF is cached in bf16 for serving and LoRA's frozen base, and in fp32 for full
+    fine-tuning: from weights on the bf16 grid, bf16 matmuls would not see an update under half a
+    bf16 step (models._storage_dtype). The exact copy holds the dequantised values bit for bit."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from tailor import models
+    from tailor.train import TrainConfig
+    from tailor.train.setup import load_model, precision
+
+    def stored(folder):
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            return {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+
+    src = save_lively(tmp_path / "src", scale=2.0)
+    gguf = _export(src, tmp_path / "m.gguf", quant="q8_0")
+    rounded, exact = models.local_folder(str(gguf)), models.local_folder(str(gguf), exact=True)
+    assert rounded != exact and models.local_folder(str(gguf), exact=True) == exact
+    assert stored(rounded) == {"BF16"} and stored(exact) == {"F32"}
+    direct = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=gguf.name, dtype=torch.float32).state_dict()
+    got = AutoModelForCausalLM.from_pretrained(str(exact), dtype=torch.float32).state_dict()
+    assert all(torch.equal(v, direct[k]) for k, v in got.items())
+    assert not all(torch.equal(v, v.bfloat16().float()) for v in got.values())  # off the grid: the copy matters
+    tok = models.load_tokenizer(str(gguf))
+    for method, want in (("full", exact), ("lora", rounded)):
+        cfg = TrainConfig(model=str(gguf), method=method, data="unused.jsonl", dtype="bfloat16")
+        model, base = load_model(cfg, tok, precision(cfg), None)
+        assert base.folder == want.resolve(), method
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}  # LoRA's frozen base
+    f16 = _export(src, tmp_path / "f16.gguf")  # a float file's one conversion is already exact
+    assert models.local_folder(str(f16), exact=True) == models.local_folder(str(f16))
+
+
 def test_qwen2_with_attention_biases(tmp_path):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM

@@ -147,30 +147,36 @@ def _pinned_default(text: str) -> Path:
 
 # Bumped when the conversion itself changes, so caches made by an older tailor are redone.
 # 2: the SmolLM pre-tokenizer (digits split before byte-level BPE), see _fix_pre_tokenizer.
-# 3: a quantized GGUF's weights are stored in bf16, not fp32 (see _storage_dtype).
+# 3: a quantized GGUF's weights are stored in bf16, not fp32 (see _storage_dtype); an exact
+#    fp32 conversion, for full fine-tuning, has "|float32" in its folder's key.
 _CONVERSION_VERSION = 3
 # GGUF general.file_type values whose tensors are wider than bf16: their conversion stays fp32
 _FLOAT_FILE_TYPES = {0: "F32", 1: "F16"}
 
 
-def _gguf_cache_dir(gguf: Path) -> Path:
+def _gguf_cache_dir(gguf: Path, dtype) -> Path:
     st = gguf.stat()
     ident = f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}|v{_CONVERSION_VERSION}"
+    if dtype != _storage_dtype(gguf):  # the exact (fp32) copy of a quantized file: a folder of its own
+        ident += f"|{str(dtype).removeprefix('torch.')}"
     key = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return tailor_home() / "models" / f"{gguf.stem}-{key}"
 
 
-def convert_gguf(gguf: Path) -> Path:
-    """Dequantise a GGUF file once into a cached safetensors folder and return that folder.
+def convert_gguf(gguf: Path, *, exact: bool = False) -> Path:
+    """Dequantise a GGUF file once into a cached safetensors folder and return that folder: in
+    _storage_dtype, or with `exact` in fp32 (a second folder for a quantized file).
 
     A model loaded from GGUF refuses save_pretrained, so its weights are copied into a fresh
     model of the same config, which is saved. The folder is written under a temporary name and
     renamed, so an interrupted conversion never leaves a folder that looks complete.
     """
-    target = _gguf_cache_dir(gguf)
+    import torch
+
+    dtype = torch.float32 if exact else _storage_dtype(gguf)
+    target = _gguf_cache_dir(gguf, dtype)
     if (target / "config.json").is_file():
         return target
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +189,7 @@ def convert_gguf(gguf: Path) -> Path:
     config = gmodel.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=_storage_dtype(gguf))
+    fresh = AutoModelForCausalLM.from_config(config, dtype=dtype)
     fresh.load_state_dict(gmodel.state_dict())  # copied into fresh's dtype
     fresh.generation_config = gmodel.generation_config
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -208,7 +214,16 @@ def _storage_dtype(gguf: Path):
     far below the quantisation's own error (Q4_1: ~1/30 of a block's range; bf16 rounds at 1/256
     of a value): bf16 keeps what the file knows at half fp32's size, so loading for bf16 compute
     (serving, LoRA's frozen base) reads half the bytes and makes no fp32 copy, and fp32 master
-    weights (full fine-tuning) upcast it exactly. F16 and F32 files keep every bit in fp32."""
+    weights upcast it exactly. F16 and F32 files keep every bit in fp32.
+
+    Full fine-tuning reads the exact (fp32) conversion instead (`local_folder(exact=True)`). With
+    every weight on the bf16 grid and the matmuls in bf16, an optimizer update smaller than half a
+    bf16 step moves the fp32 master weight but not the weight the forward sees (Adam's first steps
+    move each weight by about the learning rate: at 5e-5, under half the bf16 step of any weight
+    of magnitude 1/64 or more), so the early steps change far less than they should: on SmolLM2, 5 full steps at lr
+    5e-5 reached held-out loss 1.653 from the bf16 folder against 1.529 from the fp32 one (the
+    weights differing only by that rounding). The dequantised fp32 values sit anywhere within a
+    bf16 step, so updates cross its rounding points from the first step, as they do in fp32."""
     import torch
 
     try:
@@ -272,14 +287,16 @@ def hub_folder(repo_id: str) -> Path:
         raise TailorError(f"Could not download {repo_id!r} from the Hugging Face Hub: {exc}") from exc
 
 
-def local_folder(ref: str | os.PathLike | None) -> Path:
+def local_folder(ref: str | os.PathLike | None, *, exact: bool = False) -> Path:
     """A folder holding a loadable HF model (config + safetensors + tokenizer) for `ref`.
 
     For GGUF and the default this is the cached conversion; for a hub id the cache snapshot.
+    `exact`: for a quantized GGUF, a conversion holding its dequantised weights bit for bit (fp32)
+    rather than rounded to bf16: what full fine-tuning starts from (see _storage_dtype).
     """
     src = resolve(ref)
     if src.kind in ("default", "gguf"):
-        return convert_gguf(src.path)
+        return convert_gguf(src.path, exact=exact)
     if src.kind == "hub":
         folder = hub_folder(src.ref)
         _check_model_folder(folder)

@@ -271,7 +271,10 @@ def load_model(cfg, tokenizer, prec: Precision, resume: Path | None):
     from tailor import models
     from tailor.train import lora
 
-    base = Base(ref=models.portable_ref(cfg.model), folder=models.local_folder(cfg.model).resolve())
+    # full fine-tuning starts from a quantized GGUF's exact weights, not their bf16 copy (see
+    # models._storage_dtype); the reference passes of DPO and GRPO read the same folder
+    folder = models.local_folder(cfg.model, exact=cfg.method == "full")
+    base = Base(ref=models.portable_ref(cfg.model), folder=folder.resolve())
     source = str(resume) if (resume is not None and cfg.method == "full") else str(base.folder)
     kwargs = {"dtype": prec.master if cfg.method == "full" else prec.compute}
     if cfg.qlora:
