@@ -154,11 +154,11 @@ _CONVERSION_VERSION = 3
 _FLOAT_FILE_TYPES = {0: "F32", 1: "F16"}
 
 
-def _gguf_cache_dir(gguf: Path, dtype) -> Path:
+def _gguf_cache_dir(gguf: Path, exact: bool = False) -> Path:
     st = gguf.stat()
     ident = f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}|v{_CONVERSION_VERSION}"
-    if dtype != _storage_dtype(gguf):  # the exact (fp32) copy of a quantized file: a folder of its own
-        ident += f"|{str(dtype).removeprefix('torch.')}"
+    if exact and not _stored_exact(gguf):  # the exact (fp32) copy of a quantized file: a folder of its own
+        ident += "|float32"
     key = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return tailor_home() / "models" / f"{gguf.stem}-{key}"
 
@@ -171,13 +171,13 @@ def convert_gguf(gguf: Path, *, exact: bool = False) -> Path:
     model of the same config, which is saved. The folder is written under a temporary name and
     renamed, so an interrupted conversion never leaves a folder that looks complete.
     """
-    import torch
-
-    dtype = torch.float32 if exact else _storage_dtype(gguf)
-    target = _gguf_cache_dir(gguf, dtype)
+    target = _gguf_cache_dir(gguf, exact)
     if (target / "config.json").is_file():
         return target
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.float32 if exact else _storage_dtype(gguf)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -220,17 +220,23 @@ def _storage_dtype(gguf: Path):
     every weight on the bf16 grid and the matmuls in bf16, an optimizer update smaller than half a
     bf16 step moves the fp32 master weight but not the weight the forward sees (Adam's first steps
     move each weight by about the learning rate: at 5e-5, under half the bf16 step of any weight
-    of magnitude 1/64 or more), so the early steps change far less than they should: on SmolLM2, 5 full steps at lr
-    5e-5 reached held-out loss 1.653 from the bf16 folder against 1.529 from the fp32 one (the
-    weights differing only by that rounding). The dequantised fp32 values sit anywhere within a
+    of magnitude 1/64 or more), so the early steps change far less than they should: on SmolLM2,
+    5 full steps at lr 5e-5 reached held-out loss 1.653 from the bf16 folder against 1.529 from
+    the fp32 one (the weights differing only by that rounding). The dequantised fp32 values sit anywhere within a
     bf16 step, so updates cross its rounding points from the first step, as they do in fp32."""
     import torch
 
+    return torch.float32 if _stored_exact(gguf) else torch.bfloat16
+
+
+def _stored_exact(gguf: Path) -> bool:
+    """Whether the GGUF's usual conversion already holds its weights exactly (fp32): F32, F16, or
+    a file whose type is not recorded."""
     try:
         file_type = gguf_header.field(gguf, "general.file_type")
     except (OSError, ValueError):
         file_type = None
-    return torch.float32 if file_type is None or file_type in _FLOAT_FILE_TYPES else torch.bfloat16
+    return file_type is None or file_type in _FLOAT_FILE_TYPES
 
 
 def _fix_pre_tokenizer(tok, gguf: Path) -> None:
