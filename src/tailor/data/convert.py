@@ -51,13 +51,21 @@ def type_name(value: Any) -> str:
 # OpenAI chat
 
 
-def from_chat(obj: dict, line: int, problems: Problems) -> Conversation | None:
+def messages_list(obj: dict, line: int, problems: Problems, fix: str) -> list | None:
+    """obj's "messages" when it is a non-empty list; else an error naming what it is, and None."""
     messages = obj.get("messages")
-    if not isinstance(messages, list) or not messages:
-        what = "missing" if messages is None else (
-            "empty" if isinstance(messages, list) else f"a {type_name(messages)}, not a list")
-        problems.error(line, "messages", "missing_messages_list", f"messages is {what}",
-                       'give "messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]')
+    if isinstance(messages, list) and messages:
+        return messages
+    what = "missing" if messages is None else (
+        "empty" if isinstance(messages, list) else f"a {type_name(messages)}, not a list")
+    problems.error(line, "messages", "missing_messages_list", f"messages is {what}", fix)
+    return None
+
+
+def from_chat(obj: dict, line: int, problems: Problems) -> Conversation | None:
+    messages = messages_list(obj, line, problems,
+                             'give "messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]')
+    if messages is None:
         return None
     for key in obj:
         if key not in ("messages", "tools", "parallel_tool_calls", "functions"):

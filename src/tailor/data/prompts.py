@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tailor.data.convert import Message, chat_conversation, type_name
+from tailor.data.convert import Message, chat_conversation, messages_list
 from tailor.data.problems import Problems
 
 RESERVED = ("messages", "tools", "parallel_tool_calls")
@@ -40,12 +40,9 @@ class Prompt:
 
 
 def from_rft(obj: dict, line: int, problems: Problems) -> Prompt | None:
-    messages = obj.get("messages")
-    if not isinstance(messages, list) or not messages:
-        what = "missing" if messages is None else (
-            "empty" if isinstance(messages, list) else f"a {type_name(messages)}, not a list")
-        problems.error(line, "messages", "missing_messages_list", f"messages is {what}",
-                       'give "messages": [{"role": "user", "content": "..."}] and the keys your grader reads')
+    messages = messages_list(obj, line, problems,
+                             'give "messages": [{"role": "user", "content": "..."}] and the keys your grader reads')
+    if messages is None:
         return None
     before = problems.error_count
     conv = chat_conversation(messages, obj.get("tools"), line, problems, training=False)
